@@ -1,0 +1,168 @@
+"""Procedurally generated 3D volumes with one target object, for training without downloads.
+
+Objects: deformed blobs, tubes (optionally branching), thin curved sheets, small spots, a lesion nested in
+an organ and objects touching a look-alike neighbour. Images: textured background, distractors, partial
+volume, bias field, noise, CT-like or MR-like contrast, and 1-5x thicker slices than in-plane pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+KINDS = ("blob", "tube", "sheet", "spot", "nested", "touching")
+
+
+@dataclass
+class SyntheticCase:
+    image: np.ndarray  # float32, H x W x D
+    label: np.ndarray  # uint8 {0, 1}, H x W x D
+    spacing: tuple[float, float, float]
+    kind: str
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field."""
+    f = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return (f - f.mean()) / (f.std() + 1e-6)
+
+
+def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
+
+
+def _blob(rng, shape, center, radii, roughness: float) -> np.ndarray:
+    x, y, z = _grid(shape)
+    # random rotation in-plane and a tilt, so blobs are not axis aligned
+    a, b = rng.uniform(0, np.pi), rng.uniform(-0.4, 0.4)
+    dx, dy, dz = x - center[0], y - center[1], z - center[2]
+    u = np.cos(a) * dx + np.sin(a) * dy
+    v = -np.sin(a) * dx + np.cos(a) * dy
+    w = dz + b * u
+    d = (u / radii[0]) ** 2 + (v / radii[1]) ** 2 + (w / radii[2]) ** 2
+    noise = _smooth_noise(rng, shape, sigma=max(2.0, min(radii) / 2)) if roughness > 0 else 0
+    return (d + roughness * noise) < 1.0
+
+
+def _tube(rng, shape, radius: float, branches: int) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    start = np.array([rng.uniform(0.25, 0.75) * shape[0], rng.uniform(0.25, 0.75) * shape[1], 0.0])
+    pts = start[None]
+    for b in range(branches):
+        n = 200
+        t = np.linspace(0, 1, n)
+        if b == 0:
+            p0 = start
+            direction = np.array([rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), 1.0])
+        else:
+            p0 = pts[rng.integers(n // 4, 3 * n // 4)]
+            direction = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.2, 1.0)])
+        direction = direction / np.linalg.norm(direction) * shape[2] * rng.uniform(0.6, 1.2)
+        wiggle = np.stack([rng.uniform(-1, 1) * shape[i] * 0.15 * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t
+                                                                      + rng.uniform(0, 6)) for i in range(3)], 1)
+        pts = p0 + t[:, None] * direction + wiggle * np.array([1, 1, 0.2])
+        r = radius * (0.7 if b else 1.0)
+        idx = np.round(pts).astype(int)
+        ok = np.all((idx >= 0) & (idx < np.array(shape)), axis=1)
+        seed = np.zeros(shape, bool)
+        seed[tuple(idx[ok].T)] = True
+        out |= ndi.distance_transform_edt(~seed) <= r
+    return out
+
+
+def _sheet(rng, shape) -> np.ndarray:
+    x, y, z = _grid(shape)
+    surf = shape[2] / 2 + _smooth_noise(rng, shape[:2], sigma=shape[0] / 6)[..., None] * shape[2] * 0.15
+    thick = rng.uniform(1.0, 2.5)
+    cx, cy = rng.uniform(0.3, 0.7) * shape[0], rng.uniform(0.3, 0.7) * shape[1]
+    disk = ((x - cx) / (shape[0] * 0.3)) ** 2 + ((y - cy) / (shape[1] * 0.3)) ** 2 < 1
+    return (np.abs(z - surf) < thick) & disk
+
+
+def _random_center(rng, shape, radii) -> np.ndarray:
+    return np.array([rng.uniform(min(r + 2, s / 2), max(s - r - 2, s / 2)) for s, r in zip(shape, radii)])
+
+
+def generate_case(rng: np.random.Generator, kind: str | None = None,
+                  size: tuple[int, int] = (96, 160), depth: tuple[int, int] = (24, 56)) -> SyntheticCase:
+    """One volume and its target label. Geometry is built isotropically then thickened along the last axis."""
+    kind = kind or KINDS[rng.integers(len(KINDS))]
+    thick = int(rng.choice([1, 1, 2, 3, 4, 5]))
+    hw = int(rng.integers(size[0], size[1] + 1))
+    d_out = int(rng.integers(depth[0], depth[1] + 1))
+    shape = (hw, int(hw * rng.uniform(0.8, 1.0)), d_out * thick)
+    shape = (shape[0], shape[1], min(shape[2], 200))
+    thick = max(1, shape[2] // d_out)
+
+    def rand_radii(lo, hi):
+        r = rng.uniform(lo, hi, 3)
+        r[2] = min(r[2], shape[2] * 0.45)
+        return r
+
+    others: list[tuple[np.ndarray, float]] = []  # (mask, intensity) of non-target structures
+    if kind in ("blob", "nested", "touching"):
+        radii = rand_radii(0.08 * hw, 0.3 * hw)
+        target = _blob(rng, shape, _random_center(rng, shape, radii), radii, rng.uniform(0, 0.6))
+    elif kind == "tube":
+        target = _tube(rng, shape, rng.uniform(1.5, 5), int(rng.integers(1, 4)))
+    elif kind == "sheet":
+        target = _sheet(rng, shape)
+    else:  # spot: a small lesion
+        radii = rand_radii(2.0, 6.0)
+        target = _blob(rng, shape, _random_center(rng, shape, radii), radii, rng.uniform(0, 0.3))
+    if target.sum() < 20:
+        radii = rand_radii(6, 14)
+        target = _blob(rng, shape, _random_center(rng, shape, radii), radii, 0.2)
+
+    base = rng.uniform(0.2, 0.5)
+    contrast = rng.uniform(0.12, 0.5) * rng.choice([-1, 1])
+    if kind == "nested":
+        # an organ around a lesion: the target is the lesion or the organ (with the lesion inside it)
+        coords = np.argwhere(target)
+        c = coords[rng.integers(len(coords))]
+        lr = rand_radii(2.5, max(3.0, 0.1 * hw))
+        lesion = _blob(rng, shape, c, lr, 0.3) & ndi.binary_erosion(target, iterations=2)
+        if lesion.sum() > 20:
+            organ_val = base + contrast
+            lesion_val = organ_val + rng.uniform(0.15, 0.35) * rng.choice([-1, 1])
+            if rng.random() < 0.5:
+                others.append((target & ~lesion, organ_val))
+                target = lesion
+                contrast = lesion_val - base
+            else:
+                others.append((lesion, lesion_val))
+    elif kind == "touching":
+        coords = np.argwhere(ndi.binary_dilation(target) & ~target)
+        c = coords[rng.integers(len(coords))]
+        nr = rand_radii(0.08 * hw, 0.25 * hw)
+        neighbour = _blob(rng, shape, c + (c - np.argwhere(target).mean(0)) * 0.5, nr, 0.3) & ~target
+        others.append((neighbour, base + contrast + rng.uniform(0.08, 0.25) * rng.choice([-1, 1])))
+    for _ in range(int(rng.integers(1, 5))):  # distractors elsewhere
+        r = rand_radii(0.04 * hw, 0.2 * hw)
+        m = _blob(rng, shape, _random_center(rng, shape, r), r, 0.4) & ~ndi.binary_dilation(target, iterations=2)
+        others.append((m, base + rng.uniform(-0.5, 0.5)))
+
+    img = np.full(shape, base, np.float32)
+    img += _smooth_noise(rng, shape, rng.uniform(2, 8)) * rng.uniform(0.0, 0.06)
+    for m, val in others:
+        img[m] = val + _smooth_noise(rng, shape, 2)[m] * rng.uniform(0, 0.04)
+    tex = _smooth_noise(rng, shape, rng.uniform(0.8, 3)) * rng.uniform(0, 0.08)
+    img[target] = base + contrast + tex[target]
+    img = ndi.gaussian_filter(img, rng.uniform(0.4, 1.2))  # partial volume at edges
+    if rng.random() < 0.6:  # bias field (MR-like)
+        bias = 1 + 0.25 * _smooth_noise(rng, tuple(max(4, s // 8) for s in shape), 2)
+        img *= ndi.zoom(bias, [s / b for s, b in zip(shape, bias.shape)], order=1)[: shape[0], : shape[1], : shape[2]]
+    label = target.astype(np.float32)
+    if thick > 1:  # thick slices: average the isotropic slab (partial volume across slices)
+        d = shape[2] // thick
+        img = img[:, :, : d * thick].reshape(shape[0], shape[1], d, thick).mean(3)
+        label = label[:, :, : d * thick].reshape(shape[0], shape[1], d, thick).mean(3)
+    img = img + rng.normal(0, rng.uniform(0.005, 0.05), img.shape).astype(np.float32)
+    if rng.random() < 0.5:  # CT-like scale and offset; MR-like otherwise
+        img = img * 1500 - 1000
+    lab = (label >= 0.5).astype(np.uint8)
+    if lab.sum() == 0:
+        lab = (label >= label.max() * 0.5).astype(np.uint8)
+    return SyntheticCase(img.astype(np.float32), lab, (1.0, 1.0, float(thick)), kind)

@@ -1,0 +1,117 @@
+"""Intensity normalisation, in-plane crops and click maps: shared by inference, training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def normalize_intensity(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Modality-agnostic: clip to the volume's percentiles and scale to [0, 1] (design note)."""
+    v = np.asarray(volume, dtype=np.float32)
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = np.where(finite, v, np.nanmin(np.where(finite, v, np.inf)) if finite.any() else 0.0)
+    sample = v[:: max(1, v.shape[0] // 64), :: max(1, v.shape[1] // 64), :] if v.ndim == 3 else v
+    lo, hi = np.percentile(sample, [low, high])
+    if hi - lo < 1e-6:
+        return np.zeros_like(v, dtype=np.float32)
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A square in-plane region [x0, x1) x [y0, y1) of the volume's first two axes; may extend past the image."""
+
+    x0: int
+    y0: int
+    size: int
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.size
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.size
+
+    @staticmethod
+    def around(xmin: float, xmax: float, ymin: float, ymax: float, scale: float, min_size: int) -> "Box":
+        """A square centred on a bounding box, `scale` times its larger side and at least `min_size`."""
+        side = max(int(np.ceil(max(xmax - xmin + 1, ymax - ymin + 1) * scale)), min_size)
+        cx, cy = (xmin + xmax) / 2.0, (ymin + ymax) / 2.0
+        return Box(int(round(cx - side / 2.0)), int(round(cy - side / 2.0)), side)
+
+    @staticmethod
+    def of_mask(mask2d: np.ndarray, scale: float, min_size: int) -> "Box | None":
+        xs, ys = np.nonzero(mask2d)
+        if xs.size == 0:
+            return None
+        return Box.around(xs.min(), xs.max(), ys.min(), ys.max(), scale, min_size)
+
+    def union(self, other: "Box") -> "Box":
+        x0, y0 = min(self.x0, other.x0), min(self.y0, other.y0)
+        side = max(max(self.x1, other.x1) - x0, max(self.y1, other.y1) - y0)
+        return Box(x0, y0, side)
+
+    def clamp_to(self, shape: tuple[int, int]) -> "Box":
+        """Shrink to at most the image's larger side and shift inside the image where it fits."""
+        side = min(self.size, max(shape))
+        x0 = min(max(self.x0, 0), max(shape[0] - side, 0)) if side <= shape[0] else self.x0 + (self.size - side) // 2
+        y0 = min(max(self.y0, 0), max(shape[1] - side, 0)) if side <= shape[1] else self.y0 + (self.size - side) // 2
+        return Box(int(x0), int(y0), int(side))
+
+    def to_working(self, x: float, y: float, size: int) -> tuple[float, float]:
+        """Volume in-plane coordinates -> working-grid coordinates (pixel centres)."""
+        s = size / self.size
+        return (x - self.x0 + 0.5) * s - 0.5, (y - self.y0 + 0.5) * s - 0.5
+
+
+def crop_slices(volume: np.ndarray, box: Box, slices: np.ndarray, size: int) -> torch.Tensor:
+    """N x C x size x size crops of volume[..., slices] (slices: N x C indices along the last axis), zero padded."""
+    h, w, _ = volume.shape
+    sx0, sx1 = max(box.x0, 0), min(box.x1, h)
+    sy0, sy1 = max(box.y0, 0), min(box.y1, w)
+    out = np.zeros((box.size, box.size) + slices.shape, np.float32)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sx0 - box.x0 : sx1 - box.x0, sy0 - box.y0 : sy1 - box.y0] = volume[sx0:sx1, sy0:sy1][:, :, slices]
+    t = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 3, 0, 1)))
+    if box.size != size:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=box.size > size)
+    return t
+
+
+def paste_slices(prob: torch.Tensor, box: Box, shape: tuple[int, int]) -> np.ndarray:
+    """N x size x size probabilities -> H x W x N in the volume's plane (zero outside the box)."""
+    n = prob.shape[0]
+    p = prob.unsqueeze(1).float()
+    if box.size != p.shape[-1]:
+        p = F.interpolate(p, size=(box.size, box.size), mode="bilinear", align_corners=False)
+    p = p[:, 0].cpu().numpy().transpose(1, 2, 0)
+    out = np.zeros(shape + (n,), np.float32)
+    sx0, sx1 = max(box.x0, 0), min(box.x1, shape[0])
+    sy0, sy1 = max(box.y0, 0), min(box.y1, shape[1])
+    if sx1 > sx0 and sy1 > sy0:
+        out[sx0:sx1, sy0:sy1] = p[sx0 - box.x0 : sx1 - box.x0, sy0 - box.y0 : sy1 - box.y0]
+    return out
+
+
+def neighbour_indices(k: np.ndarray | int, depth: int) -> np.ndarray:
+    """(k-1, k, k+1) clamped to the volume: the 2.5D context of each slice."""
+    k = np.atleast_1d(np.asarray(k))
+    return np.clip(np.stack([k - 1, k, k + 1], axis=1), 0, depth - 1)
+
+
+def click_maps(positive: list[tuple[float, float]], negative: list[tuple[float, float]], size: int,
+               sigma: float = 2.5) -> torch.Tensor:
+    """2 x size x size maps: a Gaussian bump (max-combined) at each positive and negative click."""
+    grid = torch.arange(size, dtype=torch.float32)
+    maps = torch.zeros(2, size, size)
+    for c, pts in enumerate((positive, negative)):
+        for x, y in pts:
+            g = torch.exp(-((grid[:, None] - x) ** 2 + (grid[None, :] - y) ** 2) / (2 * sigma**2))
+            maps[c] = torch.maximum(maps[c], g)
+    return maps

@@ -1,0 +1,109 @@
+"""Bidirectional propagation of prompt masks through a volume with the memory model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lib.net.memory import MemoryModel
+
+from .geometry import Box, crop_slices, neighbour_indices
+from .memory_bank import MemoryBank
+
+
+class SliceFeatures:
+    """Query-encoder outputs per slice for one volume and one box, computed in chunks and cached.
+
+    Lives in the interaction state, so a later round in the same box re-encodes nothing.
+    """
+
+    def __init__(self, memory: MemoryModel, volume: np.ndarray, box: Box, size: int, device: torch.device,
+                 chunk: int = 16) -> None:
+        self.memory, self.volume, self.box, self.size, self.device, self.chunk = memory, volume, box, size, device, chunk
+        self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
+
+    def get(self, k: int, direction: int = 1) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """(frame 1x3xSxS, key 1xCkxhxw, feats) of slice k; encodes the next `chunk` slices in `direction` too."""
+        if k not in self.cache:
+            depth = self.volume.shape[2]
+            ks = [j for j in range(k, k + direction * self.chunk, direction) if 0 <= j < depth and j not in self.cache]
+            frames = crop_slices(self.volume, self.box, neighbour_indices(np.array(ks), depth), self.size)
+            frames = frames.to(self.device)
+            with torch.inference_mode():
+                keys, feats = self.memory.encode_key(frames)
+            for i, j in enumerate(ks):
+                self.cache[j] = (frames[i : i + 1], keys[i : i + 1], [f[i : i + 1] for f in feats])
+        return self.cache[k]
+
+
+@dataclass
+class PropagationConfig:
+    stop_area: float = 8.0  # working-grid pixels under which a slice counts as empty
+    patience: int = 2  # empty slices in a row after the last anchor before a sweep stops
+    working_capacity: int = 6
+    threshold: float = 0.5
+
+
+def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor], direction: int,
+           cfg: PropagationConfig) -> dict[int, torch.Tensor]:
+    """One direction: start at the first anchor met, remember every anchor, walk until the object ends."""
+    depth = features.volume.shape[2]
+    order = sorted(anchors, reverse=direction < 0)
+    last_anchor = order[-1]
+    bank = MemoryBank(cfg.working_capacity)
+    for k in order:  # every prompted slice is a pinned memory anchor
+        frame, key, feats = features.get(k, direction)
+        bank.add(key.flatten(2), memory.encode_value(frame, anchors[k], feats[2]).flatten(2), pinned=True)
+    out: dict[int, torch.Tensor] = {}
+    empty = 0
+    k = order[0] + direction
+    hidden = None
+    while 0 <= k < depth:
+        if k in anchors:
+            hidden = None  # a prompted slice restarts the sensory state from its own mask
+            empty = 0
+            k += direction
+            continue
+        frame, key, feats = features.get(k, direction)
+        if hidden is None:
+            hidden = memory.init_hidden(key)
+        mem_k, mem_v = bank.readout_tensors()
+        logits, hidden, usage = memory.step(key, feats, mem_k, mem_v, hidden)
+        prob = torch.sigmoid(logits)
+        bank.record_usage(usage)
+        out[k] = prob[0, 0]
+        area = float((prob > cfg.threshold).sum())
+        if area < cfg.stop_area:
+            empty = empty + 1 if (k - last_anchor) * direction > 0 else 0
+            if empty >= cfg.patience:
+                break
+        else:
+            empty = 0
+            bank.add(key.flatten(2), memory.encode_value(frame, prob, feats[2]).flatten(2))
+        k += direction
+    return out
+
+
+def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor],
+              cfg: PropagationConfig | None = None) -> dict[int, torch.Tensor]:
+    """Working-grid probabilities for every slice reached from the anchors (slice -> S x S).
+
+    Slices between two anchors get both sweeps, weighted by closeness to the anchor each sweep came from.
+    """
+    cfg = cfg or PropagationConfig()
+    anchors = {k: v.reshape(1, 1, *v.shape[-2:]) for k, v in anchors.items()}
+    with torch.inference_mode():
+        fwd = _sweep(memory, features, anchors, +1, cfg)
+        bwd = _sweep(memory, features, anchors, -1, cfg)
+    ks = np.array(sorted(anchors))
+    result = {k: v[0, 0] for k, v in anchors.items()}
+    for k in set(fwd) | set(bwd):
+        if k in fwd and k in bwd:
+            d_f = k - ks[ks < k].max()
+            d_b = ks[ks > k].min() - k
+            result[k] = (fwd[k] * d_b + bwd[k] * d_f) / (d_f + d_b)
+        else:
+            result[k] = fwd[k] if k in fwd else bwd[k]
+    return result

@@ -1,0 +1,48 @@
+"""Multi-Round Result Fusion: keep, slice by slice, the better of the last two rounds' masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lib.net.fusion import SliceScorer
+
+from .geometry import Box, crop_slices
+
+SCORER_SIZE = 64
+
+
+class RoundFusion:
+    """Scores every slice where two rounds differ and keeps round t's mask where the scorer prefers it.
+
+    Slices holding a click are never reverted: the newest round honours the user's clicks there.
+    """
+
+    def __init__(self, scorer: SliceScorer, device: torch.device, threshold: float = 0.5) -> None:
+        self.scorer, self.device, self.threshold = scorer, device, threshold
+
+    def prefer_previous(self, image: np.ndarray, prev: np.ndarray, new: np.ndarray, slices: list[int]) -> np.ndarray:
+        """P(previous round is better) for each listed slice (all volumes H x W x D)."""
+        if not slices:
+            return np.zeros(0)
+        union = prev[:, :, slices] | new[:, :, slices]
+        xs, ys, _ = np.nonzero(union)
+        box = Box.around(xs.min(), xs.max(), ys.min(), ys.max(), 1.3, 16)
+        ks = np.array(slices)[:, None]
+        img = crop_slices(image, box, ks, SCORER_SIZE)
+        mp = (crop_slices(prev.astype(np.float32), box, ks, SCORER_SIZE) > 0.5).float()
+        mn = (crop_slices(new.astype(np.float32), box, ks, SCORER_SIZE) > 0.5).float()
+        with torch.inference_mode():
+            logits = self.scorer(img.to(self.device), mp.to(self.device), mn.to(self.device))
+        return torch.sigmoid(logits).float().cpu().numpy()
+
+    def fuse(self, image: np.ndarray, prev: np.ndarray, new: np.ndarray, clicked: set[int]) -> tuple[np.ndarray, list[int]]:
+        """The fused mask and the slices where round t was kept."""
+        changed = np.nonzero((prev != new).any(axis=(0, 1)))[0]
+        candidates = [int(k) for k in changed if int(k) not in clicked]
+        p = self.prefer_previous(image, prev, new, candidates)
+        kept = [k for k, pk in zip(candidates, p) if pk > self.threshold]
+        fused = new.copy()
+        if kept:
+            fused[:, :, kept] = prev[:, :, kept]
+        return fused, kept

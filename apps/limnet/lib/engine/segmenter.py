@@ -1,0 +1,145 @@
+"""One LIM-Net round: clicks -> prompt masks on the clicked slices -> propagation -> round fusion."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+from lib.net.bundle import WORKING_SIZE, LimNet
+
+from .geometry import Box, click_maps, crop_slices, neighbour_indices, normalize_intensity, paste_slices
+from .propagation import PropagationConfig, SliceFeatures, propagate
+from .round_fusion import RoundFusion
+from .state import Click, InteractionState
+
+logger = logging.getLogger(__name__)
+
+MAX_HISTORY = 8
+
+
+class LimNetSegmenter:
+    """Runs rounds of one interaction. Stateless itself: everything per interaction lives in the state."""
+
+    def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
+                 propagation: PropagationConfig | None = None, size: int = WORKING_SIZE) -> None:
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.use_fusion = use_fusion
+        self.propagation = propagation or PropagationConfig()
+        self.size = size
+        self.fusion = RoundFusion(self.net.scorer, self.device)
+
+    @staticmethod
+    def new_state(volume: np.ndarray) -> InteractionState:
+        if volume.ndim != 3:
+            raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+        return InteractionState(image=normalize_intensity(volume))
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    # -- the 2D interaction module -------------------------------------------------------------------------
+    def _interact(self, image: np.ndarray, box: Box, k: int, pos: list, neg: list) -> torch.Tensor:
+        """S x S probability of the clicked slice k inside `box`."""
+        frames = crop_slices(image, box, neighbour_indices(k, image.shape[2]), self.size)
+        to_w = [box.to_working(x, y, self.size) for x, y in pos], [box.to_working(x, y, self.size) for x, y in neg]
+        x = torch.cat([frames, click_maps(*to_w, self.size)[None]], dim=1).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            return torch.sigmoid(self.net.interaction(x))[0, 0].float()
+
+    def _choose_box(self, state: InteractionState, by_slice: dict[int, tuple[list, list]]) -> Box:
+        """Where the object is in-plane: last round's mask if any, else a coarse full-slice pass."""
+        h, w, _ = state.image.shape
+        pts = [p for pos, neg in by_slice.values() for p in pos + neg]
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if state.mask is not None and state.mask.any():
+            mx, my, _ = np.nonzero(state.mask)
+            xs, ys = xs + [mx.min(), mx.max()], ys + [my.min(), my.max()]
+            return Box.around(min(xs), max(xs), min(ys), max(ys), 1.4, 32).clamp_to((h, w))
+        full = Box.around(0, h - 1, 0, w - 1, 1.0, 8)
+        found = False
+        for k, (pos, neg) in by_slice.items():
+            if not pos:
+                continue
+            prob = paste_slices(self._interact(state.image, full, k, pos, neg)[None], full, (h, w))[:, :, 0]
+            lab, _ = ndi.label(prob > 0.5)
+            ids = {lab[x, y] for x, y in pos} - {0}
+            if ids:
+                cx, cy = np.nonzero(np.isin(lab, list(ids)))
+                xs, ys = xs + [cx.min(), cx.max()], ys + [cy.min(), cy.max()]
+                found = True
+        scale, min_size = (1.5, 32) if found else (1.0, 64)
+        return Box.around(min(xs), max(xs), min(ys), max(ys), scale, min_size).clamp_to((h, w))
+
+    # -- one round ---------------------------------------------------------------------------------------
+    def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click]) -> np.ndarray:
+        """Run one round with all clicks so far; updates `state` and returns the fused bool mask (H x W x D)."""
+        by_slice: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
+        for x, y, k in foreground:
+            by_slice[int(k)][0].append((int(x), int(y)))
+        for x, y, k in background:
+            by_slice[int(k)][1].append((int(x), int(y)))
+        shape = state.image.shape
+        box = self._choose_box(state, by_slice)
+        for _ in range(2):  # grow the box once if the object runs into its edge
+            if state.features is None or state.features.box != box:
+                state.features = SliceFeatures(self.net.memory, state.image, box, self.size, self.device)
+            anchors = {k: self._interact(state.image, box, k, pos, neg) for k, (pos, neg) in by_slice.items()}
+            with self._autocast():
+                probs = propagate(self.net.memory, state.features, anchors, self.propagation)
+            bigger = self._grown(box, probs, shape[:2])
+            if bigger is None:
+                break
+            box = bigger
+        mask = np.zeros(shape, bool)
+        ks = sorted(probs)
+        for i in range(0, len(ks), 32):
+            chunk = ks[i : i + 32]
+            pasted = paste_slices(torch.stack([probs[k] for k in chunk]), box, shape[:2])
+            mask[:, :, chunk] = pasted > self.propagation.threshold
+        mask = self._keep_clicked_components(mask, foreground)
+        for x, y, k in foreground:
+            mask[x, y, k] = True
+        for x, y, k in background:
+            mask[x, y, k] = False
+        if self.use_fusion and state.mask is not None:
+            mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice))
+            logger.info("round %d: kept the previous round on %d slices", state.rounds + 1, len(kept))
+        if state.mask is not None:
+            state.history = (state.history + [state.mask])[-MAX_HISTORY:]
+        state.mask, state.box = mask, box
+        state.foreground = [tuple(map(int, c)) for c in foreground]
+        state.background = [tuple(map(int, c)) for c in background]
+        state.rounds += 1
+        return mask
+
+    @staticmethod
+    def _grown(box: Box, probs: dict[int, torch.Tensor], shape: tuple[int, int]) -> Box | None:
+        """A 1.5x box if the mask touches an edge of the box that lies inside the image, else None."""
+        if box.size >= max(shape):
+            return None
+        edge = torch.stack([torch.cat([p[0], p[-1], p[:, 0], p[:, -1]]) for p in probs.values()]) > 0.5
+        n = edge.shape[1] // 4
+        inside = [box.x0 > 0, box.x1 < shape[0], box.y0 > 0, box.y1 < shape[1]]
+        touching = any(edge[:, i * n : (i + 1) * n].any() and inside[i] for i in range(4))
+        if not touching:
+            return None
+        return Box.around(box.x0, box.x1 - 1, box.y0, box.y1 - 1, 1.5, 32).clamp_to(shape)
+
+    @staticmethod
+    def _keep_clicked_components(mask: np.ndarray, foreground: list[Click]) -> np.ndarray:
+        """Drop 3D components that no positive click touches (leaks into neighbours); keep all if none does."""
+        if not mask.any() or not foreground:
+            return mask
+        lab, n = ndi.label(mask)
+        if n <= 1:
+            return mask
+        ids = {lab[tuple(c)] for c in foreground} - {0}
+        return np.isin(lab, list(ids)) if ids else mask

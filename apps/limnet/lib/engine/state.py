@@ -1,0 +1,81 @@
+"""Per image, label and client interaction state, and a bounded store of them (LRU + expiry).
+
+As in SAM2's video predictor, the state is an explicit object handed to every call; nothing is global.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .geometry import Box
+
+Click = tuple[int, int, int]
+
+
+@dataclass
+class InteractionState:
+    """One interaction: the volume it runs on, the clicks so far, and the last fused round."""
+
+    image: np.ndarray  # normalised H x W x D volume
+    foreground: list[Click] = field(default_factory=list)
+    background: list[Click] = field(default_factory=list)
+    mask: np.ndarray | None = None  # last round's fused mask (bool, H x W x D)
+    box: Box | None = None
+    features: object | None = None  # SliceFeatures for `box`, reused by later rounds
+    rounds: int = 0
+    history: list[np.ndarray] = field(default_factory=list)  # earlier fused masks (bounded), for undo
+
+    def extends(self, foreground: list[Click], background: list[Click]) -> bool:
+        """True when the new click lists start with this state's clicks and add at least one."""
+        fg, bg = list(map(tuple, foreground)), list(map(tuple, background))
+        grew = len(fg) + len(bg) > len(self.foreground) + len(self.background)
+        return grew and fg[: len(self.foreground)] == self.foreground and bg[: len(self.background)] == self.background
+
+
+class InteractionStore:
+    """Thread-safe LRU of interaction states with expiry; least recently used states go first."""
+
+    def __init__(self, max_items: int = 8, ttl_seconds: float = 1800.0) -> None:
+        self.max_items, self.ttl = max_items, ttl_seconds
+        self._items: OrderedDict[tuple, tuple[float, InteractionState]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> InteractionState | None:
+        with self._lock:
+            self._expire()
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+            self._items[key] = (time.monotonic(), item[1])
+            return item[1]
+
+    def put(self, key: tuple, state: InteractionState) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic(), state)
+            self._items.move_to_end(key)
+            self._expire()
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def drop(self, key: tuple) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for k in [k for k, (t, _) in self._items.items() if now - t > self.ttl]:
+            del self._items[k]

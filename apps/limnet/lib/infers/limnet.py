@@ -1,0 +1,203 @@
+"""The `limnet` infer task: a MONAI Label request with clicks -> one LIM-Net round -> a label volume.
+
+Knows requests, files and interaction keys; the tensors live in `lib.engine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.data import MetaTensor
+from monai.transforms import LoadImaged
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from lib.engine.segmenter import LimNetSegmenter
+from lib.engine.state import InteractionStore
+from lib.net.bundle import LimNet
+
+logger = logging.getLogger(__name__)
+
+RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
+RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
+MAX_LABEL_NAME = 128
+MAX_CLICKS = 1000
+
+
+def _bad_request(msg: str) -> HTTPException:
+    return HTTPException(status_code=422, detail=msg)
+
+
+def parse_clicks(value: Any, name: str, shape: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Validate a `foreground`/`background` field: a list of [i, j, k] integer voxel indices inside `shape`."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise _bad_request(f"'{name}' must be a list of [i, j, k] voxel indices, got {type(value).__name__}")
+    if len(value) > MAX_CLICKS:
+        raise _bad_request(f"'{name}' has {len(value)} clicks; at most {MAX_CLICKS} are accepted")
+    out = []
+    for p in value:
+        if not isinstance(p, (list, tuple)) or len(p) != len(shape):
+            raise _bad_request(f"each click in '{name}' must be [i, j, k] ({len(shape)} indices), got {p!r}")
+        idx = []
+        for v in p:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or float(v) != int(v):
+                raise _bad_request(f"click {p!r} in '{name}' must hold integer voxel indices")
+            idx.append(int(v))
+        if any(i < 0 or i >= s for i, s in zip(idx, shape)):
+            raise _bad_request(f"click {p!r} in '{name}' lies outside the image of shape {list(shape)}")
+        out.append(tuple(idx))
+    return out
+
+
+class VolumeCache:
+    """The last few loaded images by path, invalidated when the file changes: later rounds skip the reader."""
+
+    def __init__(self, max_items: int = 4) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, tuple[tuple, MetaTensor]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loader = LoadImaged(keys="image", reader="ITKReader", image_only=True)
+
+    def load(self, path: str) -> MetaTensor:
+        st = os.stat(path)
+        sig = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            hit = self._items.get(path)
+            if hit and hit[0] == sig:
+                self._items.move_to_end(path)
+                return hit[1]
+        image = self._loader({"image": path})["image"]
+        with self._lock:
+            self._items[path] = (sig, image)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return image
+
+
+class LimNetInfer(BasicInferTask):
+    """Interactive 3D segmentation with LIM-Net (deepgrow-type: foreground/background clicks)."""
+
+    def __init__(self, path: str | Sequence[str], labels: Sequence[str], description: str = "",
+                 use_fusion: bool = True, max_interactions: int = 8, ttl_seconds: float = 1800.0,
+                 config: dict | None = None, **kwargs) -> None:
+        super().__init__(
+            path=path,
+            network=None,
+            type=InferType.DEEPGROW,
+            labels=list(labels),
+            dimension=3,
+            description=description or "LIM-Net: clicks on a slice, propagated through the volume (MRF rounds)",
+            config={"result_extension": ".nrrd", "result_dtype": "uint8", "use_fusion": use_fusion,
+                    **(config or {})},
+            **kwargs,
+        )
+        self.use_fusion = use_fusion
+        self.store = InteractionStore(max_interactions, ttl_seconds)
+        self.volumes = VolumeCache()
+        self._segmenters: dict[str, tuple[int, LimNetSegmenter]] = {}
+        self._lock = threading.RLock()
+
+    # -- model ---------------------------------------------------------------------------------------------
+    def segmenter(self, device: str) -> LimNetSegmenter:
+        """The network for `device`, reloaded (and open interactions dropped) when the weights file changes."""
+        path = self.get_path()
+        if not path:
+            raise HTTPException(status_code=503, detail="no LIM-Net weights found in the model folder")
+        mtime = os.stat(path).st_mtime_ns
+        with self._lock:
+            cached = self._segmenters.get(device)
+            if cached is None or cached[0] != mtime:
+                logger.info("loading LIM-Net weights %s on %s", path, device)
+                self._segmenters[device] = (mtime, LimNetSegmenter(LimNet.load(path, device), device))
+                if cached is not None:
+                    self.store.clear()  # features of the old model must not mix with the new one
+            return self._segmenters[device][1]
+
+    def is_valid(self) -> bool:
+        return self.get_path() is not None
+
+    # -- the BasicInferTask stages -------------------------------------------------------------------------
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [self._load]
+
+    def inverse_transforms(self, data=None):
+        return None
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return []
+
+    def _load(self, data: dict) -> dict:
+        self._validate_options(data)
+        path = data.get("image")
+        if not isinstance(path, str) or not os.path.isfile(path):
+            raise HTTPException(status_code=404, detail="image not found")
+        try:
+            image = self.volumes.load(path)
+        except Exception as e:  # corrupt, truncated or unsupported file
+            raise _bad_request(f"could not read the image: {type(e).__name__}") from e
+        if image.ndim != 3:
+            raise _bad_request(f"LIM-Net needs a 3D image; this one has shape {list(image.shape)}")
+        data["image"] = image
+        return data
+
+    @staticmethod
+    def _validate_options(data: dict) -> None:
+        ext = data.get("result_extension") or ".nrrd"
+        if ext not in RESULT_EXTENSIONS:
+            raise _bad_request(f"result_extension must be one of {list(RESULT_EXTENSIONS)}")
+        dtype = data.get("result_dtype") or "uint8"
+        if dtype not in RESULT_DTYPES:
+            raise _bad_request(f"result_dtype must be one of {list(RESULT_DTYPES)}")
+        label = data.get("label")
+        if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL_NAME
+                                  or not re.fullmatch(r"[^\x00-\x1f/\\]+", label)):
+            raise _bad_request(f"label must be a name of at most {MAX_LABEL_NAME} characters, without / or \\")
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
+        image: MetaTensor = data["image"]
+        shape = tuple(image.shape)
+        fg = parse_clicks(data.get("foreground"), "foreground", shape)
+        bg = parse_clicks(data.get("background"), "background", shape)
+        if not fg and not bg:
+            raise _bad_request("send at least one click in 'foreground' or 'background'")
+        device = str(device) if torch.device(device).type != "cuda" or torch.cuda.is_available() else "cpu"
+        segmenter = self.segmenter(device)
+        label = data.get("label") or self.labels[0]
+        path = data["image_path"] if isinstance(data.get("image_path"), str) else ""
+        st = os.stat(path) if path and os.path.exists(path) else None
+        key = (path, st.st_mtime_ns if st else 0, label, str(data.get("client_id") or ""))
+        reset = str(data.get("reset_state", "false")).lower() in ("1", "true", "yes")
+        state = None if reset else self.store.get(key)
+        if state is None or not state.extends(fg, bg):
+            volume = image.array if hasattr(image, "array") else np.asarray(image)
+            volume = np.asarray(volume, dtype=np.float32)
+            if not np.isfinite(volume).any():
+                raise _bad_request("the image holds no finite values")
+            finite = volume[np.isfinite(volume)]
+            if finite.max() == finite.min():
+                raise _bad_request("the image is constant: there is nothing to segment")
+            state = segmenter.new_state(volume)
+        use_fusion = str(data.get("use_fusion", self.use_fusion)).lower() in ("1", "true", "yes")
+        segmenter.use_fusion = use_fusion
+        with self._lock:  # one round at a time per task: rounds share the network's buffers
+            mask = segmenter.add_clicks(state, fg, bg)
+        self.store.put(key, state)
+        data["pred"] = MetaTensor(torch.from_numpy(mask.astype(np.uint8)), affine=image.affine)
+        data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": int(mask.sum())}
+        return data
+
+    def __call__(self, request, callbacks=None):
+        file, result = super().__call__(request, callbacks)
+        label = request.get("label") or self.labels[0]
+        result["label_names"] = {label: 1}
+        return file, result

@@ -1,0 +1,45 @@
+"""The three LIM-Net modules as one weights file (a plain state dict: torch>=2.6 loads with weights_only)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from torch import nn
+
+from .fusion import SliceScorer
+from .interaction import InteractionModule
+from .memory import MemoryModel
+
+WORKING_SIZE = 128  # in-plane side of every crop the networks see
+
+
+class LimNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.interaction = InteractionModule()
+        self.memory = MemoryModel()
+        self.scorer = SliceScorer()
+
+    @classmethod
+    def load(cls, path: str, device: str | torch.device = "cpu") -> "LimNet":
+        net = cls()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
+        return net.to(device).eval()
+
+    def save(self, path: str, meta: dict | None = None) -> None:
+        """Write atomically (temp file + rename): a reader never sees half a file. Stored in fp16 to stay small."""
+        state = {"state_dict": {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
+                                for k, v in self.state_dict().items()}, "meta": meta or {}}
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)

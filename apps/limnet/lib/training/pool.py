@@ -1,0 +1,32 @@
+"""A refreshed pool of generated training cases: generating a volume costs ~1 s, a training step less."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lib.data.synthetic import generate_case
+from lib.engine.geometry import normalize_intensity
+
+from .samplers import Case
+
+
+def synthetic_case(rng: np.random.Generator) -> Case:
+    c = generate_case(rng)
+    return Case(normalize_intensity(c.image), c.label)
+
+
+class CasePool:
+    """Keeps `size` cases and replaces `refresh` of them every `every` calls."""
+
+    def __init__(self, seed: int, size: int = 96, refresh: int = 4, every: int = 50, extra: list[Case] | None = None):
+        self.rng = np.random.default_rng(seed)
+        self.cases = [synthetic_case(self.rng) for _ in range(size)]
+        self.extra = extra or []
+        self.refresh, self.every, self.calls = refresh, every, 0
+
+    def __call__(self) -> list[Case]:
+        self.calls += 1
+        if self.calls % self.every == 0:
+            for _ in range(self.refresh):
+                self.cases[int(self.rng.integers(len(self.cases)))] = synthetic_case(self.rng)
+        return self.cases + self.extra

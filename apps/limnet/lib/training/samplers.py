@@ -1,0 +1,124 @@
+"""Training samples cut from 3D cases the way inference cuts them: square in-plane boxes around the object,
+resized to the working size, 2.5D slices, click maps in working coordinates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from lib.engine.geometry import Box, click_maps, crop_slices, neighbour_indices
+
+
+@dataclass
+class Case:
+    """A normalised image (H x W x D in [0, 1]) and a binary target of the same shape."""
+
+    image: np.ndarray
+    label: np.ndarray
+
+
+def _object_slices(label: np.ndarray, min_area: int = 1) -> np.ndarray:
+    return np.nonzero(label.sum((0, 1)) >= min_area)[0]
+
+
+def _jittered_box(rng: np.random.Generator, mask2d: np.ndarray, shape: tuple[int, int]) -> Box:
+    if rng.random() < 0.2:  # the coarse first pass sees the whole slice
+        return Box.around(0, shape[0] - 1, 0, shape[1] - 1, 1.0, 8)
+    box = Box.of_mask(mask2d, rng.uniform(1.25, 2.5), 24)
+    shift = (rng.uniform(-0.15, 0.15, 2) * box.size).astype(int)
+    return Box(box.x0 + int(shift[0]), box.y0 + int(shift[1]), box.size)
+
+
+def _random_points(rng: np.random.Generator, region: np.ndarray, n: int) -> list[tuple[int, int]]:
+    xs, ys = np.nonzero(region)
+    if xs.size == 0 or n == 0:
+        return []
+    pick = rng.integers(0, xs.size, n)
+    return [(int(xs[i]), int(ys[i])) for i in pick]
+
+
+def deepest_point(region: np.ndarray) -> tuple[int, ...]:
+    """The pixel/voxel farthest from the region's border (region must be non-empty)."""
+    d = ndi.distance_transform_edt(np.pad(region, 1))
+    d = d[tuple(slice(1, -1) for _ in region.shape)]
+    return tuple(int(v) for v in np.unravel_index(np.argmax(d), d.shape))
+
+
+def interaction_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int):
+    """Inputs (B x 3 x S x S slices), targets (B x 1 x S x S) and the click lists in working coordinates."""
+    images, targets, clicks = [], [], []
+    for _ in range(batch):
+        case = cases[rng.integers(len(cases))]
+        ks = _object_slices(case.label)
+        k = int(ks[rng.integers(len(ks))])
+        m = case.label[:, :, k] > 0
+        box = _jittered_box(rng, m, m.shape)
+        images.append(crop_slices(case.image, box, neighbour_indices(k, case.image.shape[2]), size)[0])
+        targets.append(crop_slices(case.label.astype(np.float32), box, np.array([[k]]), size)[0])
+        pos = [deepest_point(m)] if rng.random() < 0.7 else _random_points(rng, m, 1)
+        pos += _random_points(rng, m, int(rng.choice([0, 0, 1, 2, 3])))
+        ring = ndi.binary_dilation(m, iterations=int(rng.integers(2, 12))) & ~m
+        neg = _random_points(rng, ring if rng.random() < 0.7 else ~m, int(rng.choice([0, 0, 0, 1, 2, 3])))
+        to_w = lambda pts: [box.to_working(x, y, size) for x, y in pts]  # noqa: E731
+        clicks.append((to_w(pos), to_w(neg)))
+    return torch.stack(images), (torch.stack(targets) > 0.5).float(), clicks
+
+
+def add_error_clicks(pred: torch.Tensor, target: torch.Tensor, clicks: list) -> list:
+    """Robot user on a 2D batch: one click at the deepest point of the largest error region of each sample."""
+    out = []
+    for b, (pos, neg) in enumerate(clicks):
+        p, t = pred[b, 0].numpy() > 0.5, target[b, 0].numpy() > 0.5
+        err = p != t
+        lab, n = ndi.label(err)
+        if n == 0:
+            out.append((pos, neg))
+            continue
+        sizes = ndi.sum(err, lab, index=np.arange(1, n + 1))
+        comp = lab == (int(np.argmax(sizes)) + 1)
+        x, y = deepest_point(comp)
+        out.append((pos + [(x, y)], neg) if t[x, y] else (pos, neg + [(x, y)]))
+    return out
+
+
+def interaction_inputs(images: torch.Tensor, clicks: list) -> torch.Tensor:
+    size = images.shape[-1]
+    maps = torch.stack([click_maps(p, n, size) for p, n in clicks])
+    return torch.cat([images, maps], dim=1)
+
+
+def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int, length: int):
+    """Frames (B x T x 3 x S x S) and masks (B x T x 1 x S x S) along the slice axis, either direction.
+
+    The box comes from the first slice only, as at inference, so later slices may outgrow it or lose the object.
+    """
+    frames, masks = [], []
+    while len(frames) < batch:
+        case = cases[rng.integers(len(cases))]
+        depth = case.image.shape[2]
+        step = int(rng.choice([-1, 1])) * int(rng.choice([1, 1, 1, 2]))
+        ks = _object_slices(case.label, 4)
+        ks = ks[(ks + step * (length - 1) >= 0) & (ks + step * (length - 1) < depth)]
+        if ks.size == 0:
+            continue
+        k0 = int(ks[rng.integers(len(ks))])
+        idx = k0 + step * np.arange(length)
+        box = _jittered_box(rng, case.label[:, :, k0] > 0, case.label.shape[:2])
+        frames.append(crop_slices(case.image, box, neighbour_indices(idx, depth), size))
+        masks.append(crop_slices(case.label.astype(np.float32), box, idx[:, None], size))
+    return torch.stack(frames), (torch.stack(masks) > 0.5).float()
+
+
+def perturb_mask(mask: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Imitate an imperfect prompt mask: grow or shrink it by a pixel or two."""
+    r = int(rng.choice([0, 0, 1, 2]))
+    if r == 0:
+        return mask
+    k = 2 * r + 1
+    if rng.random() < 0.5:
+        return F.max_pool2d(mask, k, 1, r)
+    return -F.max_pool2d(-mask, k, 1, r)

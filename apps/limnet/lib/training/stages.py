@@ -1,0 +1,125 @@
+"""LIM-Net's training stages, each resumable from its own checkpoint: interaction, memory, fusion."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from lib.net.bundle import WORKING_SIZE, LimNet
+
+from .losses import seg_loss
+from .samplers import (
+    Case,
+    add_error_clicks,
+    interaction_batch,
+    interaction_inputs,
+    perturb_mask,
+    sequence_batch,
+)
+
+logger = logging.getLogger(__name__)
+
+CaseSource = Callable[[], list[Case]]  # returns the current pool of training cases
+
+
+def _load_ckpt(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+    if not os.path.exists(path):
+        return 0
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    logger.info("resumed %s at step %d", path, ck["step"])
+    return int(ck["step"])
+
+
+def _save_ckpt(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    tmp = path + ".tmp"
+    torch.save({"model": module.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, path)
+
+
+def _lr_at(step: int, steps: int, lr: float) -> float:
+    warm = min(1.0, (step + 1) / 100)
+    return lr * warm * 0.5 * (1 + np.cos(np.pi * min(step / max(steps, 1), 1.0)))
+
+
+def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
+                      lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5) -> None:
+    """Simulated iterative clicks on single slices: the 2D interaction module."""
+    module = net.interaction.train()
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    start = _load_ckpt(ckpt, module, opt)
+    rng = np.random.default_rng(seed + start)
+    t0, run = time.time(), []
+    for step in range(start, steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr)
+        images, target, clicks = interaction_batch(cases(), rng, batch, WORKING_SIZE)
+        if rng.random() < refine_prob:  # one simulated correction round on the model's own prediction
+            with torch.no_grad():
+                module.eval()
+                pred = torch.sigmoid(module(interaction_inputs(images, clicks)))
+                module.train()
+            clicks = add_error_clicks(pred, target, clicks)
+        loss = seg_loss(module(interaction_inputs(images, clicks)), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        run.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            logger.info("interaction step %d/%d loss %.4f (%.2fs/step)", step + 1, steps, np.mean(run),
+                        (time.time() - t0) / len(run))
+            run, t0 = [], time.time()
+            _save_ckpt(ckpt, module, opt, step + 1)
+    net.interaction.eval()
+
+
+def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, first_mask: torch.Tensor):
+    """Propagate from frame 0 (given mask) through frames 1..T-1, remembering every predicted frame."""
+    b, t, _, s, _ = frames.shape
+    keys, feats = memory.encode_key(frames.flatten(0, 1))
+    keys = keys.unflatten(0, (b, t))
+    feats = [f.unflatten(0, (b, t)) for f in feats]
+    mem_k = [keys[:, 0].flatten(2)]
+    mem_v = [memory.encode_value(frames[:, 0], first_mask, feats[2][:, 0]).flatten(2)]
+    hidden = memory.init_hidden(keys[:, 0])
+    loss = 0.0
+    for i in range(1, t):
+        fi = [f[:, i] for f in feats]
+        logits, hidden, _ = memory.step(keys[:, i], fi, torch.cat(mem_k, 2), torch.cat(mem_v, 2), hidden)
+        loss = loss + seg_loss(logits, masks[:, i])
+        prob = torch.sigmoid(logits)
+        mem_k.append(keys[:, i].flatten(2))
+        mem_v.append(memory.encode_value(frames[:, i], prob, fi[2]).flatten(2))
+    return loss / (t - 1)
+
+
+def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 8,
+                 length: int = 4, lr: float = 2e-3, log_every: int = 25) -> None:
+    """Slice sequences: the memory model propagates the first slice's mask through the next ones."""
+    module = net.memory.train()
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
+    start = _load_ckpt(ckpt, module, opt)
+    rng = np.random.default_rng(seed + 7919 + start)
+    t0, run = time.time(), []
+    for step in range(start, steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, lr)
+        frames, masks = sequence_batch(cases(), rng, batch, WORKING_SIZE, length)
+        loss = memory_sequence_loss(module, frames, masks, perturb_mask(masks[:, 0], rng))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+        opt.step()
+        run.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            logger.info("memory step %d/%d loss %.4f (%.2fs/step)", step + 1, steps, np.mean(run),
+                        (time.time() - t0) / len(run))
+            run, t0 = [], time.time()
+            _save_ckpt(ckpt, module, opt, step + 1)
+    net.memory.eval()

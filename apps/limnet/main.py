@@ -1,0 +1,68 @@
+"""LIM-Net Label: the MONAI Label app. Wiring only: TaskConfigs -> infers, trainers, strategies."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.class_utils import get_class_names
+
+import lib.configs
+
+logger = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+class MyApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.model_dir = os.path.join(app_dir, "model")
+        configs = {c.split(".")[-2].lower(): c for c in get_class_names(lib.configs, "TaskConfig")}
+        names = [m.strip() for m in conf.get("models", "limnet").split(",") if m.strip()]
+        if "all" in names:
+            names = sorted(configs)
+        unknown = [n for n in names if n not in configs]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; available: {sorted(configs)}")
+        self.models: dict[str, TaskConfig] = {}
+        for n in names:
+            module, cls = configs[n].rsplit(".", 1)
+            self.models[n] = getattr(__import__(module, fromlist=[cls]), cls)()
+            self.models[n].init(n, self.model_dir, conf, None)
+        logger.info("+++ Using models: %s", list(self.models))
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="LIM-Net Label",
+            description="Interactive 3D segmentation: clicks on a slice, memory propagation, multi-round fusion",
+            version=VERSION,
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        return {n: c.infer() for n, c in self.models.items()}
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        if self.conf.get("skip_trainers", "false").lower() == "true":
+            return {}
+        return {n: c.trainer() for n, c in self.models.items() if c.trainer()}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"random": Random(), "first": First()}
+        for c in self.models.values():
+            strategies.update(c.strategy() or {})
+        return strategies
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        methods: dict[str, ScoringMethod] = {}
+        for c in self.models.values():
+            methods.update(c.scoring_method() or {})
+        return methods

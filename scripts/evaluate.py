@@ -1,0 +1,82 @@
+"""Robot-user benchmark on held-out real volumes (never used for training): Dice after every click for LIM-Net,
+LIM-Net without MRF and the random-walker click tool, all given the very same clicks.
+
+    .venv/bin/python scripts/evaluate.py --rounds 6
+    .venv/bin/python scripts/evaluate.py --rounds 3 --cases mni152_ventricles,mni152_white_matter_5mm --no-baseline
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
+
+from lib.data.evaluation import evaluate_case, regressions  # noqa: E402
+from lib.data.packaged import evaluation_cases  # noqa: E402
+from lib.net.bundle import LimNet  # noqa: E402
+
+METHODS = ("limnet", "limnet_no_mrf", "random_walker")
+
+
+def default_weights() -> str:
+    model = os.path.join(ROOT, "apps", "limnet", "model")
+    for name in ("limnet.pt", "pretrained_limnet.pt"):
+        if os.path.exists(os.path.join(model, name)):
+            return os.path.join(model, name)
+    raise SystemExit("no weights in apps/limnet/model")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    p.add_argument("--weights", default="")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    weights = args.weights or default_weights()
+    net = LimNet.load(weights)
+    wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
+    cases = [c for c in evaluation_cases() if not wanted or c.name in wanted]
+    results = []
+    for c in cases:
+        t = time.time()
+        r = evaluate_case(net, c.name, c.image, c.label, c.spacing, args.rounds, baseline=not args.no_baseline)
+        results.append(r)
+        print(f"# {c.name} ({c.modality}, {list(c.image.shape)}, {c.spacing[2]:g} mm slices, "
+              f"{int(c.label.sum())} voxels): {time.time() - t:.0f}s", flush=True)
+    methods = [m for m in METHODS if m in results[0].dice]
+    print(f"\nweights: {os.path.relpath(weights, ROOT)}; machine: {platform.machine()}, {os.cpu_count()} cores, "
+          f"torch threads {args.threads}; {time.strftime('%Y-%m-%d')}")
+    head = "| case | method | " + " | ".join(f"Dice@{i + 1}" for i in range(args.rounds)) + " | regressions | median s/click |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in results:
+        for m in methods:
+            d = r.dice[m]
+            print(f"| {r.case} | {m} | " + " | ".join(f"{v:.3f}" for v in d) +
+                  f" | {regressions(d)} | {np.median(r.seconds[m]):.2f} |")
+    print("\n| method | " + " | ".join(f"mean Dice@{i + 1}" for i in range(args.rounds)) + " | regressions / steps |")
+    print("|" + "---|" * (args.rounds + 2))
+    for m in methods:
+        mean = np.mean([r.dice[m] for r in results], axis=0)
+        reg = sum(regressions(r.dice[m]) for r in results)
+        print(f"| {m} | " + " | ".join(f"{v:.3f}" for v in mean) + f" | {reg} / {len(results) * (args.rounds - 1)} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([r.__dict__ for r in results], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Train LIM-Net's weights from scratch on the CPU: generated volumes, fixed seed, resumable.
+
+    .venv/bin/python scripts/train.py --stage all            # interaction, memory, then fusion
+    .venv/bin/python scripts/train.py --stage memory --steps-memory 3000
+
+Checkpoints go to --workdir (resumed automatically); the exported weights to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
+
+from lib.net.bundle import LimNet  # noqa: E402
+from lib.training.pool import CasePool  # noqa: E402
+from lib.training.stages import train_interaction, train_memory  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["interaction", "memory", "fusion", "all"], default="all")
+    p.add_argument("--steps-interaction", type=int, default=1500)
+    p.add_argument("--steps-memory", type=int, default=2500)
+    p.add_argument("--steps-fusion", type=int, default=400)
+    p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
+    p.add_argument("--out", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
+    args = p.parse_args()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    os.makedirs(args.workdir, exist_ok=True)
+    net = LimNet()
+    if os.path.exists(args.out):
+        net = LimNet.load(args.out)
+        logging.info("starting from %s", args.out)
+    t = time.time()
+    pool = CasePool(args.seed, size=args.pool)
+    logging.info("generated %d cases in %.0fs", args.pool, time.time() - t)
+    meta = {"seed": args.seed}
+    if args.stage in ("interaction", "all"):
+        train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed)
+        net.save(args.out, meta)
+    if args.stage in ("memory", "all"):
+        train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed)
+        net.save(args.out, meta)
+    if args.stage in ("fusion", "all"):
+        from lib.training.fusion_stage import train_fusion
+
+        train_fusion(net, args.steps_fusion, os.path.join(args.workdir, "fusion.ckpt"), args.seed)
+        net.save(args.out, meta)
+    logging.info("weights written to %s", args.out)
+
+
+if __name__ == "__main__":
+    main()

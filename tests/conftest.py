@@ -1,0 +1,98 @@
+"""Shared fixtures: the app's library on sys.path, trained weights, and a real server on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP = os.path.join(ROOT, "apps", "limnet")
+sys.path.insert(0, APP)
+
+from lib.data.synthetic import generate_case  # noqa: E402
+from lib.net.bundle import LimNet  # noqa: E402
+
+
+def weights_path() -> str:
+    for name in ("limnet.pt", "pretrained_limnet.pt"):
+        p = os.path.join(APP, "model", name)
+        if os.path.exists(p):
+            return p
+    raise RuntimeError("no committed weights under apps/limnet/model")
+
+
+@pytest.fixture(scope="session")
+def net() -> LimNet:
+    return LimNet.load(weights_path())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_nifti(path: str, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array, np.diag(list(spacing) + [1.0])), path)
+
+
+@pytest.fixture(scope="session")
+def studies(tmp_path_factory) -> dict:
+    """A studies folder: a generated blob volume (with its truth) and the real MNI152 T1 at 5 mm slices."""
+    from lib.data.packaged import evaluation_cases
+
+    folder = tmp_path_factory.mktemp("studies")
+    case = generate_case(np.random.default_rng(11), "blob", size=(112, 112), depth=(36, 36))
+    write_nifti(str(folder / "blob.nii.gz"), case.image.astype(np.float32), case.spacing)
+    real = {c.name: c for c in evaluation_cases()}["mni152_ventricles_5mm"]
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(real.image.astype(np.float32), real.affine), str(folder / "mni152_5mm.nii.gz"))
+    return {"folder": str(folder), "blob": case, "mni152_5mm": real}
+
+
+@pytest.fixture(scope="session")
+def server(studies, tmp_path_factory):
+    """`monailabel start_server --app apps/limnet --studies DIR --conf models limnet` on a free loopback port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["HOME"] = str(tmp_path_factory.mktemp("home"))  # sessions and caches stay inside the test
+    env["MONAI_LABEL_TRACKING_ENABLED"] = "false"
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+    monailabel = shutil.which("monailabel", path=env["PATH"])
+    proc = subprocess.Popen(
+        [monailabel, "start_server", "--app", APP, "--studies", studies["folder"], "--conf", "models", "limnet",
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError("server exited:\n" + log.read()[-3000:])
+        try:
+            if requests.get(url + "/info/", timeout=2).ok:
+                break
+        except requests.RequestException:
+            time.sleep(1)
+    else:
+        proc.kill()
+        raise RuntimeError("server did not start in 180 s")
+    yield {"url": url, "proc": proc, "log": log}
+    os.killpg(proc.pid, 15)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)

@@ -1,0 +1,100 @@
+"""Engine units with the committed weights: bidirectional propagation, several anchors, stopping where the
+object ends, and round fusion keeping the better slice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lib.data.robot import dice, next_click
+from lib.engine.geometry import Box, crop_slices
+from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
+from lib.engine.round_fusion import RoundFusion
+from lib.engine.segmenter import LimNetSegmenter
+from lib.net.bundle import WORKING_SIZE
+
+
+def capsule_volume(depth=60, z0=15, z1=40, seed=0):
+    """A bright capsule spanning slices z0..z1 on a noisy, textured background."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(np.arange(96), np.arange(96), np.arange(depth), indexing="ij")
+    zc, half = (z0 + z1) / 2, (z1 - z0) / 2
+    r = 14 * np.sqrt(np.clip(1 - ((z - zc) / (half + 0.5)) ** 2, 0, 1))
+    label = ((x - 48) ** 2 + (y - 44) ** 2 <= r**2) & (z >= z0) & (z <= z1)
+    image = 0.3 + 0.4 * label + rng.normal(0, 0.05, label.shape)
+    image[20:30, 70:85] += 0.35  # a distractor
+    return image.astype(np.float32), label
+
+
+def anchor_probs(label, box, ks):
+    return {k: crop_slices(label.astype(np.float32), box, np.array([[k]]), WORKING_SIZE)[0, 0] for k in ks}
+
+
+@pytest.fixture()
+def setup(net):
+    image, label = capsule_volume()
+    box = Box.of_mask(label.any(2), 1.5, 32)
+    feats = SliceFeatures(net.memory, image, box, WORKING_SIZE, torch.device("cpu"))
+    return image, label, box, feats
+
+
+def slice_dice(prob, label, box, k):
+    gt = crop_slices(label.astype(np.float32), box, np.array([[k]]), WORKING_SIZE)[0, 0] > 0.5
+    return dice((prob > 0.5).numpy(), gt.numpy())
+
+
+def test_propagates_in_both_directions(net, setup):
+    image, label, box, feats = setup
+    out = propagate(net.memory, feats, anchor_probs(label, box, [27]))
+    assert min(out) < 20 and max(out) > 35
+    for k in (19, 23, 31, 35):
+        assert slice_dice(out[k], label, box, k) > 0.7, k
+
+
+def test_several_anchors_cover_the_slices_between(net, setup):
+    image, label, box, feats = setup
+    out = propagate(net.memory, feats, anchor_probs(label, box, [18, 36]))
+    for k in range(19, 36):
+        assert k in out and slice_dice(out[k], label, box, k) > 0.7, k
+
+
+def test_stops_where_the_object_ends(net, setup):
+    image, label, box, feats = setup
+    cfg = PropagationConfig()
+    out = propagate(net.memory, feats, anchor_probs(label, box, [27]), cfg)
+    # the object spans slices 15..40: sweeps end a few slices past it instead of running to the volume's ends
+    assert max(out) <= 40 + cfg.patience + 3
+    assert min(out) >= 15 - cfg.patience - 3
+    assert all(float((out[k] > 0.5).sum()) < cfg.stop_area for k in out if k > 42 or k < 13)
+
+
+def test_round_fusion_keeps_the_better_slice(net):
+    image, label = capsule_volume()
+    fusion = RoundFusion(net.scorer, torch.device("cpu"))
+    good = label.copy()
+    bad = label.copy()
+    bad[:, :, 27] = False
+    bad[30:70, 20:70, 27] = True  # a bloated, shifted mask on one slice
+    fused, kept = fusion.fuse(image, prev=good, new=bad, clicked=set())
+    assert 27 in kept and (fused[:, :, 27] == good[:, :, 27]).all()
+    fused, kept = fusion.fuse(image, prev=bad, new=good, clicked=set())
+    assert 27 not in kept and (fused[:, :, 27] == good[:, :, 27]).all()
+    fused, kept = fusion.fuse(image, prev=good, new=bad, clicked={27})
+    assert 27 not in kept, "a clicked slice always takes the newest round"
+
+
+def test_segmenter_rounds_never_fall_far(net):
+    image, label = capsule_volume(seed=3)
+    seg = LimNetSegmenter(net)
+    state = seg.new_state(image)
+    fg, bg, scores = [], [], []
+    pred = np.zeros(label.shape, bool)
+    for _ in range(4):
+        idx, pos = next_click(pred, label)
+        (fg if pos else bg).append(idx)
+        pred = seg.add_clicks(state, fg, bg)
+        scores.append(dice(pred, label))
+    assert pred.shape == label.shape
+    assert scores[0] > 0.6 and scores[-1] > 0.75, scores
+    assert all(b >= a - 0.05 for a, b in zip(scores, scores[1:])), scores

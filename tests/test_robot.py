@@ -1,0 +1,41 @@
+"""The robot user clicks the deepest voxel of the largest error component, positive where truth is foreground."""
+
+import numpy as np
+
+from lib.data.robot import dice, next_click
+from lib.engine.state import InteractionState, InteractionStore
+
+
+def test_first_click_is_the_object_centre():
+    gt = np.zeros((20, 20, 20), bool)
+    gt[5:16, 4:15, 6:17] = True
+    idx, positive = next_click(np.zeros_like(gt), gt)
+    assert positive and idx == (10, 9, 11)
+
+
+def test_click_goes_to_the_largest_error_and_is_negative_on_false_positives():
+    gt = np.zeros((30, 30, 10), bool)
+    gt[2:6, 2:6, 2:6] = True
+    pred = gt.copy()
+    pred[15:27, 15:27, 2:8] = True  # a large false positive
+    idx, positive = next_click(pred, gt)
+    assert not positive and 15 <= idx[0] < 27 and 15 <= idx[1] < 27
+    assert next_click(gt, gt) is None
+    assert dice(pred, gt) < 1 and dice(gt, gt) == 1
+
+
+def test_rounds_are_recognised_by_extended_clicks():
+    s = InteractionState(image=np.zeros((2, 2, 2), np.float32), foreground=[(1, 1, 1)], background=[])
+    assert s.extends([(1, 1, 1), (0, 0, 0)], [])
+    assert s.extends([(1, 1, 1)], [(0, 1, 0)])
+    assert not s.extends([(1, 1, 1)], [])
+    assert not s.extends([(0, 0, 0), (1, 1, 1)], [])
+
+
+def test_store_is_bounded_and_expires():
+    store = InteractionStore(max_items=2, ttl_seconds=3600)
+    for i in range(3):
+        store.put(("img", i), InteractionState(image=np.zeros((1, 1, 1), np.float32)))
+    assert len(store) == 2 and store.get(("img", 0)) is None
+    store.ttl = 0
+    assert store.get(("img", 2)) is None

@@ -1,0 +1,104 @@
+"""The app through the real server on loopback, driven by monailabel.client (the wire code Slicer's plugin shares)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import pytest
+import requests
+from monailabel.client import MONAILabelClient, MONAILabelException
+
+from lib.data.robot import dice, next_click
+
+
+def test_info_lists_the_app(server):
+    info = requests.get(server["url"] + "/info/").json()
+    model = info["models"]["limnet"]
+    assert model["type"] == "deepgrow" and model["dimension"] == 3
+    assert "limnet" in info["trainers"]
+    assert {"random", "first"} <= set(info["strategies"])
+    assert "config" not in info  # Slicer refuses a server whose /info has a top-level config key
+
+
+def _robot_rounds(client, image_id, gt, rounds, spacing, **extra):
+    fg, bg, scores, shapes = [], [], [], []
+    pred = np.zeros(gt.shape, bool)
+    for _ in range(rounds):
+        (idx, positive) = next_click(pred, gt, spacing)
+        (fg if positive else bg).append(list(idx))
+        params = {"foreground": fg, "background": bg, "label": "target", **extra}
+        path, meta = client.infer("limnet", image_id, params)
+        if path.endswith(".nrrd"):
+            pred, _ = nrrd.read(path)
+        else:
+            pred = np.asarray(nib.load(path).dataobj)
+        shapes.append(pred.shape)
+        pred = pred > 0
+        assert meta["label_names"] == {"target": 1}
+        scores.append(dice(pred, gt))
+    return scores, shapes
+
+
+def test_robot_rounds_on_real_unseen_volume(server, studies):
+    """Three robot clicks on the real MNI152 T1 (5 mm slices; never used in training): mask of the image's
+    shape and Dice of at least 0.5 after the third click."""
+    client = MONAILabelClient(server["url"])
+    case = studies["mni152_5mm"]
+    scores, shapes = _robot_rounds(client, "mni152_5mm", case.label.astype(bool), 3, case.spacing, client_id="real")
+    assert all(s == case.image.shape for s in shapes)
+    assert scores[-1] >= 0.5, scores
+
+
+def test_nifti_result_keeps_image_geometry(server, studies):
+    client = MONAILabelClient(server["url"])
+    case = studies["blob"]
+    k = int(np.argmax(case.label.sum((0, 1))))
+    xs, ys = np.nonzero(case.label[:, :, k])
+    click = [int(xs[len(xs) // 2]), int(ys[len(ys) // 2]), k]
+    path, meta = client.infer("limnet", "blob", {"foreground": [click], "background": [], "client_id": "geom",
+                                                 "result_extension": ".nii.gz", "reset_state": True})
+    out = nib.load(path)
+    src = nib.load(studies["folder"] + "/blob.nii.gz")
+    assert out.shape == src.shape
+    np.testing.assert_allclose(out.affine, src.affine, atol=1e-4)
+    pred = np.asarray(out.dataobj) > 0
+    assert pred[tuple(click)], "a positive click is honoured on its own slice"
+    assert pred[:, :, k].any()
+
+
+def test_rounds_on_generated_volume_improve(server, studies):
+    client = MONAILabelClient(server["url"])
+    case = studies["blob"]
+    scores, _ = _robot_rounds(client, "blob", case.label.astype(bool), 3, case.spacing, client_id="gen")
+    assert scores[-1] >= 0.6, scores
+    assert scores[-1] >= scores[0] - 0.01, scores
+
+
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"foreground": [[10_000, 0, 0]], "background": []}, "outside"),
+        ({"foreground": [[-1, 0, 0]], "background": []}, "outside"),
+        ({"foreground": [[1.5, 2, 3]], "background": []}, "integer"),
+        ({"foreground": [[1, 2]], "background": []}, "[i, j, k]"),
+        ({"foreground": [], "background": []}, "at least one click"),
+        ({"foreground": "1,2,3"}, "must be a list"),
+        ({"foreground": [[1, 2, 3]], "result_extension": "../../x.py"}, "result_extension"),
+        ({"foreground": [[1, 2, 3]], "label": "a" * 1000}, "label"),
+    ],
+)
+def test_bad_clicks_get_4xx_and_server_keeps_serving(server, params, fragment):
+    r = requests.post(server["url"] + "/infer/limnet?image=blob&output=json", data={"params": json.dumps(params)})
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    assert fragment in r.json()["detail"]
+    assert requests.get(server["url"] + "/info/").ok
+
+
+def test_unknown_image_is_an_error(server):
+    client = MONAILabelClient(server["url"])
+    with pytest.raises(MONAILabelException):
+        client.infer("limnet", "no_such_image", {"foreground": [[1, 2, 3]], "background": []})
+    assert requests.get(server["url"] + "/info/").ok
