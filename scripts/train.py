@@ -19,6 +19,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
+from lib.data.real_targets import mni_training_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 from lib.training.pool import CasePool  # noqa: E402
 from lib.training.stages import train_interaction, train_memory  # noqa: E402
@@ -32,6 +33,7 @@ def main() -> None:
     p.add_argument("--steps-fusion", type=int, default=400)
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
     p.add_argument("--out", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
@@ -46,8 +48,11 @@ def main() -> None:
         net = LimNet.load(args.out)
         logging.info("starting from %s", args.out)
     t = time.time()
-    pool = CasePool(args.seed, size=args.pool)
-    logging.info("generated %d cases in %.0fs", args.pool, time.time() - t)
+    import numpy as np
+
+    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1))
+    pool = CasePool(args.seed, size=args.pool, extra=extra)
+    logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
     meta = {"seed": args.seed}
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed)

@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = os.path.join(ROOT, "apps", "limnet")
 sys.path.insert(0, APP)
 
+from lib.data.heldout import cache_dir  # noqa: E402
 from lib.data.synthetic import generate_case  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 
@@ -48,22 +49,30 @@ def write_nifti(path: str, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
 
 @pytest.fixture(scope="session")
 def studies(tmp_path_factory) -> dict:
-    """A studies folder: a generated blob volume (with its truth) and the real MNI152 T1 at 5 mm slices."""
-    from lib.data.packaged import evaluation_cases
+    """A studies folder: generated volumes (with their truth) and a real held-out chest CT (pyradiomics' lung2)."""
+    from lib.data.heldout import heldout_cases
 
     folder = tmp_path_factory.mktemp("studies")
     case = generate_case(np.random.default_rng(11), "blob", size=(112, 112), depth=(36, 36))
     write_nifti(str(folder / "blob.nii.gz"), case.image.astype(np.float32), case.spacing)
-    real = {c.name: c for c in evaluation_cases()}["mni152_ventricles_5mm"]
-    import nibabel as nib
-
-    nib.save(nib.Nifti1Image(real.image.astype(np.float32), real.affine), str(folder / "mni152_5mm.nii.gz"))
-    return {"folder": str(folder), "blob": case, "mni152_5mm": real}
+    second = generate_case(np.random.default_rng(12), "touching", size=(96, 96), depth=(30, 30))
+    write_nifti(str(folder / "touching.nii.gz"), second.image.astype(np.float32), second.spacing)
+    real = {c.name: c for c in heldout_cases()}["lung2_lung_tumour"]
+    shutil.copy(os.path.join(cache_dir(), "pyradiomics", "lung2_image.nrrd"), folder / "lung2.nrrd")
+    return {"folder": str(folder), "blob": case, "touching": second, "lung2": real}
 
 
 @pytest.fixture(scope="session")
-def server(studies, tmp_path_factory):
-    """`monailabel start_server --app apps/limnet --studies DIR --conf models limnet` on a free loopback port."""
+def app_dir(tmp_path_factory) -> str:
+    """A copy of apps/limnet, so that training in the tests never touches the committed weights."""
+    dst = tmp_path_factory.mktemp("app") / "limnet"
+    shutil.copytree(APP, dst, ignore=shutil.ignore_patterns("logs", "__pycache__", "*.prev.pt", "limnet.pt"))
+    return str(dst)
+
+
+@pytest.fixture(scope="session")
+def server(studies, app_dir, tmp_path_factory):
+    """`monailabel start_server --app <copy of apps/limnet> --studies DIR --conf models limnet` on loopback."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ)
@@ -73,7 +82,7 @@ def server(studies, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
     monailabel = shutil.which("monailabel", path=env["PATH"])
     proc = subprocess.Popen(
-        [monailabel, "start_server", "--app", APP, "--studies", studies["folder"], "--conf", "models", "limnet",
+        [monailabel, "start_server", "--app", app_dir, "--studies", studies["folder"], "--conf", "models", "limnet",
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
     )
@@ -90,7 +99,7 @@ def server(studies, tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError("server did not start in 180 s")
-    yield {"url": url, "proc": proc, "log": log}
+    yield {"url": url, "proc": proc, "log": log, "app_dir": app_dir}
     os.killpg(proc.pid, 15)
     try:
         proc.wait(20)

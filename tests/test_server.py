@@ -43,11 +43,11 @@ def _robot_rounds(client, image_id, gt, rounds, spacing, **extra):
 
 
 def test_robot_rounds_on_real_unseen_volume(server, studies):
-    """Three robot clicks on the real MNI152 T1 (5 mm slices; never used in training): mask of the image's
-    shape and Dice of at least 0.5 after the third click."""
+    """Three robot clicks on a real chest CT with a lung tumour (pyradiomics' lung2, 5 mm slices; never used in
+    training): masks of the image's shape and Dice of at least 0.5 after the third click."""
     client = MONAILabelClient(server["url"])
-    case = studies["mni152_5mm"]
-    scores, shapes = _robot_rounds(client, "mni152_5mm", case.label.astype(bool), 3, case.spacing, client_id="real")
+    case = studies["lung2"]
+    scores, shapes = _robot_rounds(client, "lung2", case.label.astype(bool), 3, case.spacing, client_id="real")
     assert all(s == case.image.shape for s in shapes)
     assert scores[-1] >= 0.5, scores
 
@@ -102,3 +102,14 @@ def test_unknown_image_is_an_error(server):
     with pytest.raises(MONAILabelException):
         client.infer("limnet", "no_such_image", {"foreground": [[1, 2, 3]], "background": []})
     assert requests.get(server["url"] + "/info/").ok
+
+
+def test_malformed_params_and_unknown_model_are_client_errors(server):
+    url = server["url"]
+    r = requests.post(url + "/infer/limnet?image=blob&output=json", data={"params": "{not json"})
+    assert r.status_code == 422 and "JSON" in r.json()["detail"]
+    r = requests.post(url + "/infer/nosuchmodel?image=blob&output=json", data={"params": "{}"})
+    assert 400 <= r.status_code < 500, r.text[:300]
+    r = requests.post(url + "/infer/limnet?image=nosuchimage&output=json", data={"params": '{"foreground": [[1,2,3]]}'})
+    assert r.status_code == 404, r.text[:300]
+    assert requests.get(url + "/info/").ok

@@ -1,5 +1,6 @@
 """Real volumes shipped inside installed packages (no downloads): nilearn's MNI152 2009 T1 with its grey- and
-white-matter maps. Structures derived from them serve as sample studies and as held-out evaluation targets.
+white-matter maps. Structures derived from them are sample studies and training targets (lib.data.real_targets);
+evaluation uses other packages' volumes (lib.data.heldout).
 """
 
 from __future__ import annotations
@@ -66,16 +67,3 @@ def thick_slices(image: np.ndarray, label: np.ndarray, factor: int) -> tuple[np.
     img = image[:, :, : d * factor].reshape(*image.shape[:2], d, factor).mean(3)
     lab = label[:, :, : d * factor].reshape(*label.shape[:2], d, factor).astype(np.float32).mean(3) >= 0.5
     return img.astype(np.float32), lab.astype(np.uint8)
-
-
-def evaluation_cases(thick: int = 5) -> list[RealCase]:
-    """Held-out real cases: MNI152 structures at 1 mm and with `thick` mm slices. Never used for training."""
-    t1, _, _, affine = mni152()
-    cases = []
-    for name, lab in mni152_structures().items():
-        cases.append(RealCase(f"mni152_{name}", t1, lab.astype(np.uint8), (1.0, 1.0, 1.0), affine, "MR T1"))
-        img5, lab5 = thick_slices(t1, lab, thick)
-        aff5 = affine.copy()
-        aff5[:3, 2] *= thick
-        cases.append(RealCase(f"mni152_{name}_{thick}mm", img5, lab5, (1.0, 1.0, float(thick)), aff5, "MR T1"))
-    return cases

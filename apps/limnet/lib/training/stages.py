@@ -30,7 +30,7 @@ CaseSource = Callable[[], list[Case]]  # returns the current pool of training ca
 def _load_ckpt(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
     if not os.path.exists(path):
         return 0
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = torch.load(path, map_location="cpu", weights_only=False)  # our own checkpoint (optimizer state)
     module.load_state_dict(ck["model"])
     opt.load_state_dict(ck["opt"])
     logger.info("resumed %s at step %d", path, ck["step"])
@@ -45,7 +45,7 @@ def _save_ckpt(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer, s
 
 def _lr_at(step: int, steps: int, lr: float) -> float:
     warm = min(1.0, (step + 1) / 100)
-    return lr * warm * 0.5 * (1 + np.cos(np.pi * min(step / max(steps, 1), 1.0)))
+    return float(lr * warm * 0.5 * (1 + np.cos(np.pi * min(step / max(steps, 1), 1.0))))
 
 
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
