@@ -113,3 +113,12 @@ def test_malformed_params_and_unknown_model_are_client_errors(server):
     r = requests.post(url + "/infer/limnet?image=nosuchimage&output=json", data={"params": '{"foreground": [[1,2,3]]}'})
     assert r.status_code == 404, r.text[:300]
     assert requests.get(url + "/info/").ok
+
+
+@pytest.mark.parametrize("strategy", ["random", "first", "limnet_uncertainty"])
+def test_every_strategy_returns_an_unlabelled_image(server, strategy):
+    client = MONAILabelClient(server["url"])
+    ds = client.datastore()
+    unlabelled = {k for k, o in ds["objects"].items() if "final" not in o["labels"]}
+    sample = client.next_sample(strategy, {})
+    assert sample["id"] in unlabelled

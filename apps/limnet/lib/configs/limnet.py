@@ -8,6 +8,7 @@ from typing import Any
 
 from monailabel.interfaces.config import TaskConfig
 
+from lib.activelearning.uncertainty import MostUncertain, ProbeUncertaintyScoring
 from lib.infers.limnet import LimNetInfer
 from lib.trainers.limnet import LimNetTrainer
 
@@ -38,3 +39,14 @@ class LimNetConfig(TaskConfig):
 
     def trainer(self) -> LimNetTrainer:
         return LimNetTrainer(model_dir=self.model_dir, name=self.name, path=self.path)
+
+    def scoring_method(self) -> dict:
+        return {f"{self.name}_uncertainty": self._scoring()}
+
+    def strategy(self) -> dict:
+        return {f"{self.name}_uncertainty": MostUncertain(self._scoring())}
+
+    def _scoring(self) -> ProbeUncertaintyScoring:
+        if not hasattr(self, "_scoring_method"):
+            self._scoring_method = ProbeUncertaintyScoring(self.path)
+        return self._scoring_method

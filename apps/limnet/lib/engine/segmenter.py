@@ -98,6 +98,7 @@ class LimNetSegmenter:
             if bigger is None:
                 break
             box = bigger
+        state.uncertainty = self.mask_entropy(probs)
         mask = np.zeros(shape, bool)
         ks = sorted(probs)
         for i in range(0, len(ks), 32):
@@ -119,6 +120,16 @@ class LimNetSegmenter:
         state.background = [tuple(map(int, c)) for c in background]
         state.rounds += 1
         return mask
+
+    @staticmethod
+    def mask_entropy(probs: dict[int, torch.Tensor]) -> float:
+        """Mean binary entropy (bits) over the soft object region of every reached slice; 1 if nothing was found."""
+        p = torch.stack(list(probs.values())).float().clamp(1e-6, 1 - 1e-6)
+        region = p > 0.05
+        if not region.any():
+            return 1.0
+        h = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+        return float(h[region].mean())
 
     @staticmethod
     def _grown(box: Box, probs: dict[int, torch.Tensor], shape: tuple[int, int]) -> Box | None:
