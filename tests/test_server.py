@@ -122,3 +122,27 @@ def test_every_strategy_returns_an_unlabelled_image(server, strategy):
     unlabelled = {k for k, o in ds["objects"].items() if "final" not in o["labels"]}
     sample = client.next_sample(strategy, {})
     assert sample["id"] in unlabelled
+
+
+def test_ohif_bundle_is_served_file_by_file(server):
+    import os
+
+    import monailabel
+
+    root = os.path.join(os.path.dirname(monailabel.__file__), "endpoints", "static", "ohif")
+    index = requests.get(server["url"] + "/ohif/")
+    assert index.ok and "<html" in index.text.lower()
+    nested = []
+    for folder, _, files in os.walk(root):
+        for f in files:
+            rel = os.path.relpath(os.path.join(folder, f), root)
+            if "/" in rel and f.endswith((".js", ".css", ".json", ".wasm")):
+                nested.append(rel)
+    assert nested, "the OHIF bundle has files in sub-folders"
+    for rel in sorted(nested)[:5]:
+        r = requests.get(server["url"] + "/ohif/" + rel)
+        assert r.ok
+        with open(os.path.join(root, rel), "rb") as f:
+            assert r.content == f.read(), rel
+        assert "text/html" not in r.headers["content-type"], (rel, r.headers["content-type"])
+    assert requests.get(server["url"] + "/ohif/../../../../etc/passwd").text.lower().count("root:") == 0

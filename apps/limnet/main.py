@@ -16,7 +16,7 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.class_utils import get_class_names
 
 import lib.configs
-import lib.server_errors
+import lib.server_patches
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class MyApp(MONAILabelApp):
             self.models[n] = getattr(__import__(module, fromlist=[cls]), cls)()
             self.models[n].init(n, self.model_dir, conf, None)
         logger.info("+++ Using models: %s", list(self.models))
-        lib.server_errors.install()
+        lib.server_patches.install()
         super().__init__(
             app_dir=app_dir,
             studies=studies,
