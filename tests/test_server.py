@@ -136,10 +136,12 @@ def test_ohif_bundle_is_served_file_by_file(server):
     for folder, _, files in os.walk(root):
         for f in files:
             rel = os.path.relpath(os.path.join(folder, f), root)
-            if "/" in rel and f.endswith((".js", ".css", ".json", ".wasm")):
+            if "/" in rel:
                 nested.append(rel)
     assert nested, "the OHIF bundle has files in sub-folders"
-    for rel in sorted(nested)[:5]:
+    picks = [r for r in sorted(nested) if r.endswith((".js", ".wasm", ".json"))][:4]
+    picks += [r for r in sorted(nested) if r.endswith((".svg", ".png"))][:2]
+    for rel in picks:
         r = requests.get(server["url"] + "/ohif/" + rel)
         assert r.ok
         with open(os.path.join(root, rel), "rb") as f:
