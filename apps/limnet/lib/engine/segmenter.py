@@ -147,10 +147,20 @@ class LimNetSegmenter:
     @staticmethod
     def _keep_clicked_components(mask: np.ndarray, foreground: list[Click]) -> np.ndarray:
         """Drop 3D components that no positive click touches (leaks into neighbours); keep all if none does."""
-        if not mask.any() or not foreground:
+        if not foreground:
             return mask
-        lab, n = ndi.label(mask)
+        found = ndi.find_objects(mask.astype(np.uint8))
+        if not found or found[0] is None:
+            return mask
+        box = found[0]  # label only inside the mask's bounding box: cost follows the object
+        lab, n = ndi.label(mask[box])
         if n <= 1:
             return mask
-        ids = {lab[tuple(c)] for c in foreground} - {0}
-        return np.isin(lab, list(ids)) if ids else mask
+        lo = [s.start for s in box]
+        ids = {lab[tuple(c - o for c, o in zip(click, lo))] for click in foreground
+               if all(s.start <= c < s.stop for c, s in zip(click, box))} - {0}
+        if not ids:
+            return mask
+        out = np.zeros_like(mask)
+        out[box] = np.isin(lab, list(ids))
+        return out

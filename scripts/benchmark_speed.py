@@ -1,0 +1,175 @@
+"""Speed and memory through the REST API on CT-sized volumes, side by side with a classical flood-fill click tool
+given the same clicks in the same run. Prints tables (median, min, max of several clicks).
+
+    .venv/bin/python scripts/benchmark_speed.py            # 512x512x300, objects of several extents
+    .venv/bin/python scripts/benchmark_speed.py --quick    # smaller, for a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import nibabel as nib
+import numpy as np
+import psutil
+import requests
+from scipy import ndimage as ndi
+from skimage.segmentation import flood
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def phantom(shape: tuple[int, int, int], radius: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like volume (HU) with a body, noise, distractors and one ellipsoidal target of in-plane `radius`."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    cx, cy, cz = shape[0] / 2, shape[1] / 2, shape[2] / 2
+    body = ((x - cx) / (shape[0] * 0.45)) ** 2 + ((y - cy) / (shape[1] * 0.4)) ** 2 < 1
+    img = np.where(body, 40.0, -1000.0).astype(np.float32)
+    rz = max(3.0, radius * 0.4)
+    target = ((x - cx) / radius) ** 2 + ((y - cy) / (radius * 0.8)) ** 2 + ((z - cz) / rz) ** 2 < 1
+    for _ in range(4):
+        dx, dy = rng.uniform(-0.3, 0.3, 2) * np.array(shape[:2])
+        r = rng.uniform(10, 40)
+        img[((x - cx - dx) / r) ** 2 + ((y - cy - dy) / r) ** 2 + ((z - cz) / (r * 2)) ** 2 < 1] = rng.uniform(-100, 200)
+    img[target] = 120.0
+    img += rng.normal(0, 12, img.shape).astype(np.float32)
+    return img, target
+
+
+def flood_tool(volume: np.ndarray):
+    """Classical click tool: union of intensity floods (tolerance from the seed's neighbourhood) from positive clicks,
+    minus floods from negative clicks."""
+    smooth = ndi.uniform_filter(volume, 3)
+
+    def segment(fg, bg):
+        out = np.zeros(volume.shape, bool)
+        for c in fg:
+            tol = 3 * float(volume[tuple(max(0, i - 2) for i in c)].std() + 15)
+            out |= flood(smooth, tuple(c), tolerance=tol)
+        for c in bg:
+            out &= ~flood(smooth, tuple(c), tolerance=15)
+        return out
+
+    return segment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(studies: str, app_dir: str):
+    port = free_port()
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               MONAI_LABEL_TRACKING_ENABLED="false")
+    proc = subprocess.Popen([shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", app_dir,
+                             "--studies", studies, "--conf", "models", "limnet", "--host", "127.0.0.1", "--port",
+                             str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(180):
+        try:
+            if requests.get(url + "/info/", timeout=2).ok:
+                return proc, url
+        except requests.RequestException:
+            time.sleep(1)
+    proc.kill()
+    raise SystemExit("server did not start")
+
+
+def rss_mb(pid: int) -> float:
+    p = psutil.Process(pid)
+    return sum(q.memory_info().rss for q in [p] + p.children(recursive=True)) / 2**20
+
+
+def infer(url: str, image: str, fg, bg, client: str) -> float:
+    import json
+
+    t = time.perf_counter()
+    r = requests.post(f"{url}/infer/limnet?image={image}&output=image",
+                      data={"params": json.dumps({"foreground": fg, "background": bg, "client_id": client})})
+    r.raise_for_status()
+    return time.perf_counter() - t
+
+
+def robot_clicks(gt: np.ndarray, n: int) -> list[tuple[list, bool]]:
+    """A fixed click sequence: the centre first, then alternating boundary corrections inside/outside."""
+    c = [int(v) for v in ndi.center_of_mass(gt)]
+    zs = np.nonzero(gt.any((0, 1)))[0]
+    clicks = [(c, True)]
+    for i in range(1, n):
+        z = int(zs[int(len(zs) * (0.25 + 0.5 * (i % 2)))])
+        xs, ys = np.nonzero(gt[:, :, z])
+        clicks.append(([int(xs.mean()), int(ys.mean()), z], True))
+    return clicks
+
+
+def fmt(v: list[float]) -> str:
+    return f"{np.median(v):.2f} | {min(v):.2f} | {max(v):.2f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--clicks", type=int, default=5)
+    args = p.parse_args()
+    big = (256, 256, 100) if args.quick else (512, 512, 300)
+    radii = [10, 30] if args.quick else [10, 30, 60, 120]
+    work = tempfile.mkdtemp(prefix="limnet-bench-")
+    studies = os.path.join(work, "studies")
+    os.makedirs(studies)
+    truth = {}
+    for r in radii:
+        img, gt = phantom(big, r)
+        nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.5, 1])), os.path.join(studies, f"r{r}.nii.gz"))
+        truth[f"r{r}"] = (img, gt)
+    small = (128, 128, 60)
+    img, gt = phantom(small, 20)
+    nib.save(nib.Nifti1Image(img, np.eye(4)), os.path.join(studies, "small.nii.gz"))
+    truth["small"] = (img, gt)
+    app = os.path.join(work, "limnet")
+    shutil.copytree(os.path.join(ROOT, "apps", "limnet"), app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
+    proc, url = start_server(studies, app)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB; "
+          f"{time.strftime('%Y-%m-%d')}; volumes {big[0]}x{big[1]}x{big[2]}")
+    rows = []
+    try:
+        base_rss = rss_mb(proc.pid)
+        for name, (img, gt) in truth.items():
+            clicks = robot_clicks(gt, args.clicks)
+            lim, ff = [], []
+            tool = flood_tool(img)
+            fg, bg = [], []
+            for c, positive in clicks:
+                (fg if positive else bg).append(c)
+                lim.append(infer(url, name, list(fg), list(bg), client=f"bench-{name}"))
+                t = time.perf_counter()
+                tool(fg, bg)
+                ff.append(time.perf_counter() - t)
+            rows.append((name, img.shape, int(gt.sum()), lim, ff))
+        open_rss = rss_mb(proc.pid)
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+    print("\n| volume | shape | object voxels | LIM-Net first click s | LIM-Net later clicks s (median / min / max) "
+          "| flood fill s (median / min / max) | flood / LIM-Net |")
+    print("|---|---|---|---|---|---|---|")
+    for name, shape, n, lim, ff in rows:
+        print(f"| {name} | {'x'.join(map(str, shape))} | {n} | {lim[0]:.2f} | {fmt(lim[1:])} | {fmt(ff)} | "
+              f"{np.median(ff) / np.median(lim):.2f}x |")
+    print(f"\nserver memory: {base_rss:.0f} MB at start, {open_rss:.0f} MB with {len(rows)} interactions open")
+
+
+if __name__ == "__main__":
+    main()
