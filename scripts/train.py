@@ -39,7 +39,11 @@ def main() -> None:
     p.add_argument("--out", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
     args = p.parse_args()
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:  # torchrun: data parallel over processes (gloo on CPU, nccl on GPUs)
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [rank {rank}/{world}] %(message)s", stream=sys.stdout)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.workdir, exist_ok=True)
@@ -50,22 +54,31 @@ def main() -> None:
     t = time.time()
     import numpy as np
 
-    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1))
-    pool = CasePool(args.seed, size=args.pool, extra=extra)
+    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1 + 1000 * rank))
+    pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra)
     logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
-    meta = {"seed": args.seed}
+    meta = {"seed": args.seed, "processes": world}
+
+    def save() -> None:
+        if rank == 0:
+            net.save(args.out, meta)
+        if world > 1:
+            torch.distributed.barrier()
+
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed)
-        net.save(args.out, meta)
+        save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed)
-        net.save(args.out, meta)
-    if args.stage in ("fusion", "all"):
+        save()
+    if args.stage in ("fusion", "all") and rank == 0:  # small: one process
         from lib.training.fusion_stage import train_fusion
 
         train_fusion(net, args.steps_fusion, os.path.join(args.workdir, "fusion.ckpt"), args.seed)
         net.save(args.out, meta)
     logging.info("weights written to %s", args.out)
+    if world > 1:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,24 @@ logger = logging.getLogger(__name__)
 CaseSource = Callable[[], list[Case]]  # returns the current pool of training cases
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed (torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _sync_grads(module: torch.nn.Module) -> None:
+    """Average gradients over processes (data parallel); each process drew its own samples."""
+    rank, world = _world()
+    if world == 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
 def _load_ckpt(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
     if not os.path.exists(path):
         return 0
@@ -38,6 +56,8 @@ def _load_ckpt(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer) -
 
 
 def _save_ckpt(path: str, module: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    if _world()[0] != 0:
+        return
     tmp = path + ".tmp"
     torch.save({"model": module.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
     os.replace(tmp, path)
@@ -54,7 +74,7 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
     module = net.interaction.train()
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     start = _load_ckpt(ckpt, module, opt)
-    rng = np.random.default_rng(seed + start)
+    rng = np.random.default_rng([seed, start, _world()[0]])
     t0, run = time.time(), []
     for step in range(start, steps):
         for g in opt.param_groups:
@@ -69,9 +89,10 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
         loss = seg_loss(module(interaction_inputs(images, clicks)), target)
         opt.zero_grad()
         loss.backward()
+        _sync_grads(module)
         opt.step()
         run.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if ((step + 1) % log_every == 0 or step + 1 == steps) and _world()[0] == 0:
             logger.info("interaction step %d/%d loss %.4f (%.2fs/step)", step + 1, steps, np.mean(run),
                         (time.time() - t0) / len(run))
             run, t0 = [], time.time()
@@ -105,7 +126,7 @@ def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: in
     module = net.memory.train()
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     start = _load_ckpt(ckpt, module, opt)
-    rng = np.random.default_rng(seed + 7919 + start)
+    rng = np.random.default_rng([seed, 7919, start, _world()[0]])
     t0, run = time.time(), []
     for step in range(start, steps):
         for g in opt.param_groups:
@@ -114,10 +135,11 @@ def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: in
         loss = memory_sequence_loss(module, frames, masks, perturb_mask(masks[:, 0], rng))
         opt.zero_grad()
         loss.backward()
+        _sync_grads(module)
         torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
         opt.step()
         run.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if ((step + 1) % log_every == 0 or step + 1 == steps) and _world()[0] == 0:
             logger.info("memory step %d/%d loss %.4f (%.2fs/step)", step + 1, steps, np.mean(run),
                         (time.time() - t0) / len(run))
             run, t0 = [], time.time()
