@@ -9,7 +9,8 @@ import nrrd
 import numpy as np
 import pytest
 import requests
-from monailabel.client import MONAILabelClient, MONAILabelException
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
 
 from lib.data.robot import dice, next_click
 
@@ -99,7 +100,7 @@ def test_bad_clicks_get_4xx_and_server_keeps_serving(server, params, fragment):
 
 def test_unknown_image_is_an_error(server):
     client = MONAILabelClient(server["url"])
-    with pytest.raises(MONAILabelException):
+    with pytest.raises(MONAILabelClientException):
         client.infer("limnet", "no_such_image", {"foreground": [[1, 2, 3]], "background": []})
     assert requests.get(server["url"] + "/info/").ok
 
