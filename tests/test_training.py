@@ -24,7 +24,7 @@ def test_save_labels_train_and_serve(server, studies, tmp_path):
 
     model_dir = os.path.join(server["app_dir"], "model")
     served = os.path.join(model_dir, "limnet.pt")
-    assert not os.path.exists(served)
+    before = open(served, "rb").read() if os.path.exists(served) else None
     client.train_start("limnet", {"max_epochs": 1, "steps_per_epoch": 4, "val_rounds": 2, "val_split": 0.5})
     deadline = time.time() + 900
     while time.time() < deadline and client.train_status(check_if_running=True):
@@ -36,7 +36,10 @@ def test_save_labels_train_and_serve(server, studies, tmp_path):
     assert 0.0 <= stats["val_dice_before"] <= 1.0
     # published exactly when validation Dice did not fall; the served file follows
     assert stats["published"] == (stats["epochs"][0]["val_dice"] >= stats["val_dice_before"])
-    assert os.path.exists(served) == stats["published"]
+    after = open(served, "rb").read() if os.path.exists(served) else None
+    assert (after is not None and after != before) == stats["published"]
+    if stats["published"] and before is not None:
+        assert open(os.path.join(model_dir, "limnet.prev.pt"), "rb").read() == before, "the previous weights are kept"
 
     case = studies["blob"]
     k = int(np.argmax(case.label.sum((0, 1))))
