@@ -149,3 +149,29 @@ def test_ohif_bundle_is_served_file_by_file(server):
             assert r.content == f.read(), rel
         assert "text/html" not in r.headers["content-type"], (rel, r.headers["content-type"])
     assert requests.get(server["url"] + "/ohif/../../../../etc/passwd").text.lower().count("root:") == 0
+
+
+def test_label_saves_are_atomic_and_keep_earlier_versions(server, studies, tmp_path):
+    import glob
+    import os
+
+    from conftest import write_nifti
+
+    client = MONAILabelClient(server["url"])
+    case = studies["touching"]
+    first, second = tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"
+    write_nifti(str(first), case.label.astype(np.uint8), case.spacing)
+    write_nifti(str(second), (1 - case.label).astype(np.uint8), case.spacing)
+    client.save_label("touching", str(first), tag="draft")
+    client.save_label("touching", str(second), tag="draft")
+    folder = os.path.join(studies["folder"], "labels", "draft")
+    saved = np.asarray(nib.load(os.path.join(folder, "touching.nii.gz")).dataobj)
+    assert (saved == 1 - case.label).all()
+    history = glob.glob(os.path.join(folder, ".history", "*touching.nii.gz"))
+    assert len(history) == 1 and (np.asarray(nib.load(history[0]).dataobj) == case.label).all()
+    assert not glob.glob(os.path.join(folder, ".saving-*"))
+    # a tag that is a path is refused, and nothing is written outside the studies folder
+    r = requests.put(server["url"] + "/datastore/label?image=touching&tag=../../escape",
+                     files={"label": ("l.nii.gz", open(first, "rb"))})
+    assert 400 <= r.status_code < 500, r.text[:300]
+    assert not os.path.exists(os.path.join(os.path.dirname(studies["folder"]), "escape"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -17,6 +19,7 @@ from monailabel.utils.others.class_utils import get_class_names
 
 import lib.configs
 import lib.server_patches
+from lib.datastore import SafeLocalDatastore
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,16 @@ class MyApp(MONAILabelApp):
             name="LIM-Net Label",
             description="Interactive 3D segmentation: clicks on a slice, memory propagation, multi-round fusion",
             version=VERSION,
+        )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return SafeLocalDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
     def init_infers(self) -> dict[str, InferTask]:
