@@ -1,0 +1,116 @@
+"""OHIF's side of the wire against a real DICOMweb store: Orthanc (Debian's package) on loopback, DICOM series made
+from NIfTI volumes, our server started with --studies http://127.0.0.1:PORT/dicom-web.
+
+Orientation: OHIF indexes a series as (column, row, slice) and copies the raw NRRD answer straight into its
+labelmap. A click on a known, off-centre structure must come back on that structure in the same index space, for
+series written from RAS and from LAS (flipped) NIfTI geometry."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import nrrd
+import numpy as np
+import pytest
+import requests
+from conftest import APP, ROOT, free_port
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import orthanc  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    orthanc.orthanc_binary() is None and not os.environ.get("LIMNET_REQUIRE_ORTHANC"),
+    reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb); CI installs it",
+)
+
+
+def cube_volume(seed: int = 0):
+    """A textured CT-like volume with a bright box at a known, asymmetric array position."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(40, 15, (96, 80, 40)).astype(np.float32)
+    box = (slice(14, 34), slice(50, 68), slice(8, 22))
+    img[box] = 300 + rng.normal(0, 15, img[box].shape)
+    truth = np.zeros(img.shape, bool)
+    truth[box] = True
+    return img, truth
+
+
+@pytest.fixture(scope="module")
+def dicom_stack(tmp_path_factory):
+    work = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    log = open(work / "orthanc.log", "w")
+    proc = orthanc.start(str(work), port, free_port(), log=log)
+    url = f"http://127.0.0.1:{port}"
+    img, truth = cube_volume()
+    series = {}
+    for name, affine in {"ras": np.diag([0.8, 0.8, 2.5, 1.0]), "las": np.diag([-0.8, 0.8, 2.5, 1.0])}.items():
+        folder = work / name
+        series[name] = orthanc.write_series(img, affine, str(folder), "CT", name)
+        orthanc.upload(url, str(folder))
+    app = tmp_path_factory.mktemp("app") / "limnet"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__", "limnet.pt", "*.prev.pt"))
+    mport = free_port()
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               HOME=str(tmp_path_factory.mktemp("home")), MONAI_LABEL_TRACKING_ENABLED="false")
+    mlog = open(work / "server.log", "w+")
+    server = subprocess.Popen(
+        [shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", str(app), "--studies",
+         f"{url}/dicom-web", "--conf", "models", "limnet", "--host", "127.0.0.1", "--port", str(mport)],
+        stdout=mlog, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    murl = f"http://127.0.0.1:{mport}"
+    for _ in range(180):
+        try:
+            if requests.get(murl + "/info/", timeout=2).ok:
+                break
+        except requests.RequestException:
+            time.sleep(1)
+    yield {"orthanc": url, "server": murl, "series": series, "truth": truth}
+    for p in (server, proc):
+        os.killpg(p.pid, 15)
+        p.wait(20)
+
+
+def _ohif_infer(murl: str, series_uid: str, fg: list) -> np.ndarray:
+    """The request OHIF's MONAI Label panel sends, and the buffer it copies into its labelmap."""
+    params = {"foreground": fg, "background": [], "result_extension": ".nrrd", "result_dtype": "uint8",
+              "result_compress": False, "restore_label_idx": False}
+    r = requests.post(f"{murl}/infer/limnet?image={series_uid}&output=image", data={"params": json.dumps(params)},
+                      timeout=300)
+    assert r.status_code == 200, r.text[:500]
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ohif-{series_uid[-6:]}.nrrd")
+    with open(path, "wb") as f:
+        f.write(r.content)
+    data, header = nrrd.read(path)  # index order i fastest: how OHIF reads the raw buffer
+    assert header["encoding"] == "raw", "OHIF's parser needs an uncompressed NRRD"
+    return data > 0
+
+
+@pytest.mark.parametrize("geometry", ["ras", "las"])
+def test_click_returns_the_structure_where_the_viewer_draws_it(dicom_stack, geometry):
+    truth = dicom_stack["truth"]
+    mask = _ohif_infer(dicom_stack["server"], dicom_stack["series"][geometry], [[24, 59, 15]])
+    assert mask.shape == truth.shape
+    inter = (mask & truth).sum()
+    assert inter / truth.sum() > 0.6 and inter / max(mask.sum(), 1) > 0.6, (mask.sum(), truth.sum(), inter)
+
+
+def test_saved_label_reaches_orthanc_as_dicom_seg(dicom_stack, tmp_path):
+    from monailabel.client import MONAILabelClient
+
+    uid = dicom_stack["series"]["ras"]
+    before = len(requests.get(dicom_stack["orthanc"] + "/dicom-web/series").json())
+    label = tmp_path / "label.nrrd"
+    nrrd.write(str(label), dicom_stack["truth"].astype(np.uint8))
+    MONAILabelClient(dicom_stack["server"]).save_label(uid, str(label), tag="final",
+                                                        params={"label_info": [{"name": "box"}]})
+    series = requests.get(dicom_stack["orthanc"] + "/dicom-web/series").json()
+    assert len(series) == before + 1
+    assert any(s.get("00080060", {}).get("Value") == ["SEG"] for s in series)
+    ds = requests.get(dicom_stack["server"] + "/datastore/?output=all").json()
+    assert "final" in ds["objects"][uid]["labels"], "the datastore lists the SEG as the image's final label"
