@@ -9,7 +9,6 @@ fi
 stamp=.venv/.installed-$(cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
   echo "installing requirements into .venv (a few minutes on a fresh machine)..."
-  .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r requirements.txt -r requirements-dev.txt
   touch "$stamp"
 fi
