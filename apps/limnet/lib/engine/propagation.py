@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage as ndi
 
 from lib.net.memory import MemoryModel
 
@@ -44,26 +45,53 @@ class PropagationConfig:
     patience: int = 2  # empty slices in a row after the last anchor before a sweep stops
     working_capacity: int = 6
     threshold: float = 0.5
+    reach: int = 6  # working-grid pixels a slice's mask may move from the previous slice's and still connect
+
+
+def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float, reach: int) -> torch.Tensor:
+    """Zero the parts of a slice's mask that do not touch the previous slice's mask (grown by `reach`).
+
+    An object continues from slice to slice; a blob that appears away from it is a neighbour the memory drifted
+    onto, and remembering it would carry the leak on to the next slices.
+    """
+    mask = (prob > threshold).cpu().numpy()
+    if not mask.any():
+        return prob
+    near = torch.nn.functional.max_pool2d(previous.float()[None, None], 2 * reach + 1, 1, reach)[0, 0] > 0
+    lab, n = ndi.label(mask)
+    hits = np.unique(lab[near.cpu().numpy() & mask])
+    keep = np.isin(lab, hits[hits > 0]) | ~mask  # soft values below threshold stay as they are
+    return prob * torch.from_numpy(keep).to(prob.device)
 
 
 def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor], direction: int,
            cfg: PropagationConfig) -> dict[int, torch.Tensor]:
-    """One direction: start at the first anchor met, remember every anchor, walk until the object ends."""
+    """One direction: start at the first non-empty anchor met, remember every anchor, walk until the object ends.
+
+    An empty anchor (a slice the user cleared) says the object is absent there: the sweep stops at it.
+    """
     depth = features.volume.shape[2]
     order = sorted(anchors, reverse=direction < 0)
-    last_anchor = order[-1]
+    present = [k for k in order if float((anchors[k] > cfg.threshold).sum()) >= cfg.stop_area]
+    if not present:
+        return {}
+    last_anchor = present[-1]
     bank = MemoryBank(cfg.working_capacity)
-    for k in order:  # every prompted slice is a pinned memory anchor
+    for k in order:  # every prompted slice is a pinned memory anchor, the cleared ones too
         frame, key, feats = features.get(k, direction)
         bank.add(key.flatten(2), memory.encode_value(frame, anchors[k], feats[2]).flatten(2), pinned=True)
     out: dict[int, torch.Tensor] = {}
     empty = 0
-    k = order[0] + direction
+    k = present[0] + direction
     hidden = None
+    previous = anchors[present[0]][0, 0] > cfg.threshold
     while 0 <= k < depth:
         if k in anchors:
+            if k not in present:
+                break
             hidden = None  # a prompted slice restarts the sensory state from its own mask
             empty = 0
+            previous = anchors[k][0, 0] > cfg.threshold
             k += direction
             continue
         frame, key, feats = features.get(k, direction)
@@ -71,7 +99,7 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
             hidden = memory.init_hidden(key)
         mem_k, mem_v = bank.readout_tensors()
         logits, hidden, usage = memory.step(key, feats, mem_k, mem_v, hidden)
-        prob = torch.sigmoid(logits)
+        prob = keep_connected(torch.sigmoid(logits)[0, 0], previous, cfg.threshold, cfg.reach)[None, None]
         bank.record_usage(usage)
         out[k] = prob[0, 0]
         area = float((prob > cfg.threshold).sum())
@@ -81,6 +109,7 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
                 break
         else:
             empty = 0
+            previous = prob[0, 0] > cfg.threshold
             bank.add(key.flatten(2), memory.encode_value(frame, prob, feats[2]).flatten(2))
         k += direction
     return out
@@ -100,7 +129,7 @@ def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, t
     ks = np.array(sorted(anchors))
     result = {k: v[0, 0] for k, v in anchors.items()}
     for k in set(fwd) | set(bwd):
-        if k in fwd and k in bwd:
+        if k in fwd and k in bwd:  # between two non-empty anchors: the sweeps stop at empty ones
             d_f = k - ks[ks < k].max()
             d_b = ks[ks > k].min() - k
             result[k] = (fwd[k] * d_b + bwd[k] * d_f) / (d_f + d_b)

@@ -54,6 +54,26 @@ class LimNetSegmenter:
         with torch.inference_mode(), self._autocast():
             return torch.sigmoid(self.net.interaction(x))[0, 0].float()
 
+    @staticmethod
+    def _trimmed(state: InteractionState, k: int, negative: list) -> np.ndarray | None:
+        """The prompt of a slice that only got negative clicks: the last round's mask there without the regions
+        the clicks fall in (the interaction module sees clicks, not the previous mask). None before the first round."""
+        if state.mask is None:
+            return None
+        if not state.mask[:, :, k].any():
+            return state.mask[:, :, k]
+        lab, _ = ndi.label(state.mask[:, :, k])
+        drop = {lab[x, y] for x, y in negative} - {0}
+        return state.mask[:, :, k] & ~np.isin(lab, list(drop))
+
+    def _anchor(self, state: InteractionState, box: Box, k: int, pos: list, neg: list) -> torch.Tensor:
+        if not pos:
+            trimmed = self._trimmed(state, k, neg)
+            if trimmed is not None:
+                t = crop_slices(trimmed[:, :, None].astype(np.float32), box, np.array([[0]]), self.size)[0, 0]
+                return (t > 0.5).float().to(self.device)
+        return self._interact(state.image, box, k, pos, neg)
+
     def _choose_box(self, state: InteractionState, by_slice: dict[int, tuple[list, list]]) -> Box:
         """Where the object is in-plane: last round's mask if any, else a coarse full-slice pass."""
         h, w, _ = state.image.shape
@@ -88,16 +108,17 @@ class LimNetSegmenter:
             by_slice[int(k)][1].append((int(x), int(y)))
         shape = state.image.shape
         box = self._choose_box(state, by_slice)
-        for _ in range(2):  # grow the box once if the object runs into its edge
+        for attempt in range(2):  # grow the box once if the object runs into its edge
             if state.features is None or state.features.box != box:
                 state.features = SliceFeatures(self.net.memory, state.image, box, self.size, self.device)
-            anchors = {k: self._interact(state.image, box, k, pos, neg) for k, (pos, neg) in by_slice.items()}
+            anchors = {k: self._anchor(state, box, k, pos, neg) for k, (pos, neg) in by_slice.items()}
+            bigger = self._grown(box, anchors, shape[:2]) if attempt == 0 else None
+            if bigger is not None:
+                box = bigger
+                continue
             with self._autocast():
                 probs = propagate(self.net.memory, state.features, anchors, self.propagation)
-            bigger = self._grown(box, probs, shape[:2])
-            if bigger is None:
-                break
-            box = bigger
+            break
         state.uncertainty = self.mask_entropy(probs)
         mask = np.zeros(shape, bool)
         ks = sorted(probs)
@@ -133,7 +154,10 @@ class LimNetSegmenter:
 
     @staticmethod
     def _grown(box: Box, probs: dict[int, torch.Tensor], shape: tuple[int, int]) -> Box | None:
-        """A 1.5x box if the mask touches an edge of the box that lies inside the image, else None."""
+        """A 1.5x box if a prompted slice's mask touches an edge of the box that lies inside the image, else None.
+
+        Only the prompted slices decide: they are what the user pointed at; propagated slices that run into the
+        edge are more often leaks than a growing object (the next round's box follows the mask anyway)."""
         if box.size >= max(shape):
             return None
         edge = torch.stack([torch.cat([p[0], p[-1], p[:, 0], p[:, -1]]) for p in probs.values()]) > 0.5

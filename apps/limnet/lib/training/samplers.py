@@ -105,6 +105,10 @@ def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size
         ks = ks[(ks + step * (length - 1) >= 0) & (ks + step * (length - 1) < depth)]
         if ks.size == 0:
             continue
+        if rng.random() < 0.5:  # half the sequences run past the object's end: learn to stop there
+            last = ks.max() if step > 0 else ks.min()
+            near_end = ks[np.abs(ks - last) < abs(step) * (length - 1)]
+            ks = near_end if near_end.size else ks
         k0 = int(ks[rng.integers(len(ks))])
         idx = k0 + step * np.arange(length)
         box = _jittered_box(rng, case.label[:, :, k0] > 0, case.label.shape[:2])
