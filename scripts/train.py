@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--stage", choices=["interaction", "memory", "fusion", "all"], default="all")
     p.add_argument("--steps-interaction", type=int, default=1500)
     p.add_argument("--steps-memory", type=int, default=2500)
-    p.add_argument("--steps-fusion", type=int, default=400)
+    p.add_argument("--steps-fusion", type=int, default=1500)
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
@@ -74,7 +74,7 @@ def main() -> None:
     if args.stage in ("fusion", "all") and rank == 0:  # small: one process
         from lib.training.fusion_stage import train_fusion
 
-        train_fusion(net, args.steps_fusion, os.path.join(args.workdir, "fusion.ckpt"), args.seed)
+        train_fusion(net, args.steps_fusion, os.path.join(args.workdir, "fusion.ckpt"), args.seed, cases=pool)
         net.save(args.out, meta)
     logging.info("weights written to %s", args.out)
     if world > 1:

@@ -24,7 +24,7 @@ def next_click(pred: np.ndarray, gt: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tup
     lab, n = ndi.label(err, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(lab.ravel())[1:]
     comp_id = int(np.argmax(sizes)) + 1
-    sl = ndi.find_objects(lab == comp_id)[0] if n > 1 else ndi.find_objects(err.astype(np.uint8))[0]
+    sl = ndi.find_objects((lab == comp_id).astype(np.uint8))[0]
     comp = lab[sl] == comp_id
     dist = ndi.distance_transform_edt(np.pad(comp, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     local = np.unravel_index(int(np.argmax(dist)), dist.shape)
