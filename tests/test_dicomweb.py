@@ -3,7 +3,9 @@ from NIfTI volumes, our server started with --studies http://127.0.0.1:PORT/dico
 
 Orientation: OHIF indexes a series as (column, row, slice) and copies the raw NRRD answer straight into its
 labelmap. A click on a known, off-centre structure must come back on that structure in the same index space, for
-series written from RAS and from LAS (flipped) NIfTI geometry."""
+series written from RAS and from LAS (flipped) NIfTI geometry.
+
+The viewer's index space is computed independently of the server (SimpleITK reading the written files)."""
 
 from __future__ import annotations
 
@@ -40,6 +42,16 @@ def cube_volume(seed: int = 0):
     return img, truth
 
 
+def viewer_index_space(folder: str) -> np.ndarray:
+    """The series as a viewer indexes it: (column, row, slice), slices sorted along the orientation's normal
+    (cornerstone in OHIF and GDCM/ITK both sort so). For the LAS series that reverses the written slice order."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
+    return sitk.GetArrayFromImage(reader.Execute()).transpose(2, 1, 0)
+
+
 @pytest.fixture(scope="module")
 def dicom_stack(tmp_path_factory):
     work = tmp_path_factory.mktemp("orthanc")
@@ -48,11 +60,12 @@ def dicom_stack(tmp_path_factory):
     proc = orthanc.start(str(work), port, free_port(), log=log)
     url = f"http://127.0.0.1:{port}"
     img, truth = cube_volume()
-    series = {}
+    series, viewer_truth = {}, {}
     for name, affine in {"ras": np.diag([0.8, 0.8, 2.5, 1.0]), "las": np.diag([-0.8, 0.8, 2.5, 1.0])}.items():
         folder = work / name
         series[name] = orthanc.write_series(img, affine, str(folder), "CT", name)
         orthanc.upload(url, str(folder))
+        viewer_truth[name] = viewer_index_space(str(folder)) > 200
     app = tmp_path_factory.mktemp("app") / "limnet"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__", "limnet.pt", "*.prev.pt"))
     mport = free_port()
@@ -70,13 +83,13 @@ def dicom_stack(tmp_path_factory):
                 break
         except requests.RequestException:
             time.sleep(1)
-    yield {"orthanc": url, "server": murl, "series": series, "truth": truth}
+    yield {"orthanc": url, "server": murl, "series": series, "truth": truth, "viewer_truth": viewer_truth}
     for p in (server, proc):
         os.killpg(p.pid, 15)
         p.wait(20)
 
 
-def _ohif_infer(murl: str, series_uid: str, fg: list) -> np.ndarray:
+def _ohif_infer(murl: str, series_uid: str, fg: list) -> tuple[np.ndarray, str]:
     """The request OHIF's MONAI Label panel sends, and the buffer it copies into its labelmap."""
     params = {"foreground": fg, "background": [], "result_extension": ".nrrd", "result_dtype": "uint8",
               "result_compress": False, "restore_label_idx": False}
@@ -88,13 +101,14 @@ def _ohif_infer(murl: str, series_uid: str, fg: list) -> np.ndarray:
         f.write(r.content)
     data, header = nrrd.read(path)  # index order i fastest: how OHIF reads the raw buffer
     assert header["encoding"] == "raw", "OHIF's parser needs an uncompressed NRRD"
-    return data > 0
+    return data > 0, path
 
 
 @pytest.mark.parametrize("geometry", ["ras", "las"])
 def test_click_returns_the_structure_where_the_viewer_draws_it(dicom_stack, geometry):
-    truth = dicom_stack["truth"]
-    mask = _ohif_infer(dicom_stack["server"], dicom_stack["series"][geometry], [[24, 59, 15]])
+    truth = dicom_stack["viewer_truth"][geometry]
+    click = [int(round(v)) for v in np.argwhere(truth).mean(0)]
+    mask, _ = _ohif_infer(dicom_stack["server"], dicom_stack["series"][geometry], [click])
     assert mask.shape == truth.shape
     inter = (mask & truth).sum()
     assert inter / truth.sum() > 0.6 and inter / max(mask.sum(), 1) > 0.6, (mask.sum(), truth.sum(), inter)
@@ -105,9 +119,9 @@ def test_saved_label_reaches_orthanc_as_dicom_seg(dicom_stack, tmp_path):
 
     uid = dicom_stack["series"]["ras"]
     before = len(requests.get(dicom_stack["orthanc"] + "/dicom-web/series").json())
-    label = tmp_path / "label.nrrd"
-    nrrd.write(str(label), dicom_stack["truth"].astype(np.uint8))
-    MONAILabelClient(dicom_stack["server"]).save_label(uid, str(label), tag="final",
+    truth = dicom_stack["viewer_truth"]["ras"]
+    _, label = _ohif_infer(dicom_stack["server"], uid, [[int(round(v)) for v in np.argwhere(truth).mean(0)]])
+    MONAILabelClient(dicom_stack["server"]).save_label(uid, label, tag="final",
                                                         params={"label_info": [{"name": "box"}]})
     series = requests.get(dicom_stack["orthanc"] + "/dicom-web/series").json()
     assert len(series) == before + 1

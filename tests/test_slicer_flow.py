@@ -60,7 +60,7 @@ def test_slicer_session_round_trip(server, studies, tmp_path):
     assert client.train_status(check_if_running=True) is False
     client.train_start("limnet", {"max_epochs": 1, "steps_per_epoch": 2, "val_rounds": 1})
     deadline = time.time() + 600
-    while time.time() < deadline and client.train_status(check_if_running=True):
+    while time.time() < deadline and client.train_status()["status"] not in ("DONE", "ERROR"):
         time.sleep(3)
     assert client.train_status()["status"] in ("DONE", "ERROR")
     assert client.train_status()["status"] == "DONE", client.train_status()

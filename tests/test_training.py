@@ -27,7 +27,7 @@ def test_save_labels_train_and_serve(server, studies, tmp_path):
     before = open(served, "rb").read() if os.path.exists(served) else None
     client.train_start("limnet", {"max_epochs": 1, "steps_per_epoch": 4, "val_rounds": 2, "val_split": 0.5})
     deadline = time.time() + 900
-    while time.time() < deadline and client.train_status(check_if_running=True):
+    while time.time() < deadline and client.train_status()["status"] not in ("DONE", "ERROR"):
         time.sleep(3)
     status = client.train_status()
     assert status["status"] == "DONE", status

@@ -37,6 +37,9 @@ def _slice_batch(cases, rng: np.random.Generator, n: int):
         ks = np.nonzero(c.label.any((0, 1)))[0]
         k = int(ks[rng.integers(len(ks))])
         box = Box.of_mask(c.label[:, :, k] > 0, rng.uniform(1.2, 2.0), 16)
+        if rng.random() < 0.3:  # a slice just past the object's end: there the empty mask is the right one
+            k = int(np.clip(ks.max() + rng.integers(1, 4) if rng.random() < 0.5 else ks.min() - rng.integers(1, 4),
+                            0, c.label.shape[2] - 1))
         imgs.append(crop_slices(c.image, box, np.array([[k]]), SCORER_SIZE)[0])
         masks.append((crop_slices(c.label.astype(np.float32), box, np.array([[k]]), SCORER_SIZE)[0] > 0.5).float())
     return torch.stack(imgs), torch.stack(masks)
