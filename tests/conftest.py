@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -14,6 +15,9 @@ import pytest
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# monailabel.client saves results under tempfile's folder with the server's file name; on one machine that is the
+# very file the server deletes after answering. Clients (like Slicer) keep their own temporary folder.
+tempfile.tempdir = tempfile.mkdtemp(prefix="limnet-tests-")
 APP = os.path.join(ROOT, "apps", "limnet")
 sys.path.insert(0, APP)
 

@@ -32,9 +32,10 @@ class RoundFusion:
         img = crop_slices(image, box, ks, SCORER_SIZE)
         mp = (crop_slices(prev.astype(np.float32), box, ks, SCORER_SIZE) > 0.5).float()
         mn = (crop_slices(new.astype(np.float32), box, ks, SCORER_SIZE) > 0.5).float()
-        with torch.inference_mode():
-            logits = self.scorer(img.to(self.device), mp.to(self.device), mn.to(self.device))
-        return torch.sigmoid(logits).float().cpu().numpy()
+        img, mp, mn = img.to(self.device), mp.to(self.device), mn.to(self.device)
+        with torch.inference_mode():  # both orders, so that which round came first cannot sway the choice
+            p = (torch.sigmoid(self.scorer(img, mp, mn)) + 1 - torch.sigmoid(self.scorer(img, mn, mp))) / 2
+        return p.float().cpu().numpy()
 
     def fuse(self, image: np.ndarray, prev: np.ndarray, new: np.ndarray, clicked: set[int]) -> tuple[np.ndarray, list[int]]:
         """The fused mask and the slices where round t was kept."""
