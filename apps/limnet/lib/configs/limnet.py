@@ -24,7 +24,8 @@ class LimNetConfig(TaskConfig):
         self.labels = [s.strip() for s in labels.split(",") if s.strip()] if labels else list(DEFAULT_LABELS)
         # the last existing path wins (MONAI Label's convention): trained weights beat the shipped ones
         self.path = [os.path.join(model_dir, f"pretrained_{name}.pt"), os.path.join(model_dir, f"{name}.pt")]
-        self.use_fusion = conf.get("use_fusion", "true").lower() in ("1", "true", "yes")
+        # MRF is off by default for now: on the held-out scans its scorer lowers mean Dice (README, evaluation)
+        self.use_fusion = conf.get("use_fusion", "false").lower() in ("1", "true", "yes")
         self.max_interactions = int(conf.get("max_interactions", "8"))
         self.interaction_ttl = float(conf.get("interaction_ttl", "1800"))
 

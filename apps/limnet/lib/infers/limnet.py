@@ -88,7 +88,7 @@ class LimNetInfer(BasicInferTask):
     """Interactive 3D segmentation with LIM-Net (deepgrow-type: foreground/background clicks)."""
 
     def __init__(self, path: str | Sequence[str], labels: Sequence[str], description: str = "",
-                 use_fusion: bool = True, max_interactions: int = 8, ttl_seconds: float = 1800.0,
+                 use_fusion: bool = False, max_interactions: int = 8, ttl_seconds: float = 1800.0,
                  config: dict | None = None, **kwargs) -> None:
         super().__init__(
             path=path,
@@ -188,8 +188,8 @@ class LimNetInfer(BasicInferTask):
                 raise _bad_request("the image is constant: there is nothing to segment")
             state = segmenter.new_state(volume)
         use_fusion = str(data.get("use_fusion", self.use_fusion)).lower() in ("1", "true", "yes")
-        segmenter.use_fusion = use_fusion
         with self._lock:  # one round at a time per task: rounds share the network's buffers
+            segmenter.use_fusion = use_fusion
             mask = segmenter.add_clicks(state, fg, bg)
         self.store.put(key, state)
         data["pred"] = MetaTensor(torch.from_numpy(mask.astype(np.uint8)), affine=image.affine)
