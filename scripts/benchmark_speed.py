@@ -33,7 +33,8 @@ def phantom(shape: tuple[int, int, int], radius: float, seed: int = 0) -> tuple[
     x, y, z = np.ogrid[: shape[0], : shape[1], : shape[2]]
     cx, cy, cz = shape[0] / 2, shape[1] / 2, shape[2] / 2
     body = ((x - cx) / (shape[0] * 0.45)) ** 2 + ((y - cy) / (shape[1] * 0.4)) ** 2 < 1
-    img = np.where(body, 40.0, -1000.0).astype(np.float32)
+    img = np.empty(shape, np.float32)
+    img[:] = np.where(body, 40.0, -1000.0)
     rz = max(3.0, radius * 0.4)
     target = ((x - cx) / radius) ** 2 + ((y - cy) / (radius * 0.8)) ** 2 + ((z - cz) / rz) ** 2 < 1
     for _ in range(4):
