@@ -11,9 +11,6 @@ import argparse
 import os
 import platform
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -22,6 +19,7 @@ import numpy as np
 import psutil
 import requests
 from scipy import ndimage as ndi
+from serverctl import start_server, stop_server
 from skimage.segmentation import flood
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,31 +59,6 @@ def flood_tool(volume: np.ndarray):
         return out
 
     return segment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(studies: str, app_dir: str):
-    port = free_port()
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-               MONAI_LABEL_TRACKING_ENABLED="false")
-    proc = subprocess.Popen([shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", app_dir,
-                             "--studies", studies, "--conf", "models", "limnet", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(180):
-        try:
-            if requests.get(url + "/info/", timeout=2).ok:
-                return proc, url
-        except requests.RequestException:
-            time.sleep(1)
-    proc.kill()
-    raise SystemExit("server did not start")
 
 
 def rss_mb(pid: int) -> float:
@@ -140,7 +113,8 @@ def main() -> None:
     truth["small"] = (img, gt)
     app = os.path.join(work, "limnet")
     shutil.copytree(os.path.join(ROOT, "apps", "limnet"), app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
-    proc, url = start_server(studies, app)
+    # no start-up scoring job: it would probe every volume in the background while we time clicks
+    proc, url = start_server(app, studies, MONAI_LABEL_AUTO_UPDATE_SCORING="false")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB; "
           f"{time.strftime('%Y-%m-%d')}; volumes {big[0]}x{big[1]}x{big[2]}")
     rows = []
@@ -160,8 +134,7 @@ def main() -> None:
             rows.append((name, img.shape, int(gt.sum()), lim, ff))
         open_rss = rss_mb(proc.pid)
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
     print("\n| volume | shape | object voxels | LIM-Net first click s | LIM-Net later clicks s (median / min / max) "
           "| flood fill s (median / min / max) | flood / LIM-Net |")

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
-import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # monailabel.client saves results under tempfile's folder with the server's file name; on one machine that is the
@@ -20,6 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 tempfile.tempdir = tempfile.mkdtemp(prefix="limnet-tests-")
 APP = os.path.join(ROOT, "apps", "limnet")
 sys.path.insert(0, APP)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+from serverctl import free_port, start_server, stop_server  # noqa: E402,F401
 
 from lib.data.heldout import cache_dir  # noqa: E402
 from lib.data.synthetic import generate_case  # noqa: E402
@@ -37,12 +36,6 @@ def weights_path() -> str:
 @pytest.fixture(scope="session")
 def net() -> LimNet:
     return LimNet.load(weights_path())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_nifti(path: str, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> None:
@@ -77,35 +70,12 @@ def app_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def server(studies, app_dir, tmp_path_factory):
     """`monailabel start_server --app <copy of apps/limnet> --studies DIR --conf models limnet` on loopback."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env["HOME"] = str(tmp_path_factory.mktemp("home"))  # sessions and caches stay inside the test
-    env["MONAI_LABEL_TRACKING_ENABLED"] = "false"
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
-    monailabel = shutil.which("monailabel", path=env["PATH"])
-    proc = subprocess.Popen(
-        [monailabel, "start_server", "--app", app_dir, "--studies", studies["folder"], "--conf", "models", "limnet",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True,
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError("server exited:\n" + log.read()[-3000:])
-        try:
-            if requests.get(url + "/info/", timeout=2).ok:
-                break
-        except requests.RequestException:
-            time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not start in 180 s")
-    yield {"url": url, "proc": proc, "log": log, "app_dir": app_dir}
-    os.killpg(proc.pid, 15)
+    home = str(tmp_path_factory.mktemp("home"))  # sessions and caches stay inside the test
     try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        proc, url = start_server(app_dir, studies["folder"], log=log, HOME=home)
+    except RuntimeError:
+        log.seek(0)
+        raise RuntimeError("server did not start:\n" + log.read()[-3000:]) from None
+    yield {"url": url, "proc": proc, "log": log, "app_dir": app_dir}
+    stop_server(proc)

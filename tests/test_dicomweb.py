@@ -12,15 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 
 import nrrd
 import numpy as np
 import pytest
 import requests
-from conftest import APP, ROOT, free_port
+from conftest import APP, ROOT, free_port, start_server, stop_server
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import orthanc  # noqa: E402
@@ -68,25 +66,12 @@ def dicom_stack(tmp_path_factory):
         viewer_truth[name] = viewer_index_space(str(folder)) > 200
     app = tmp_path_factory.mktemp("app") / "limnet"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__", "limnet.pt", "*.prev.pt"))
-    mport = free_port()
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-               HOME=str(tmp_path_factory.mktemp("home")), MONAI_LABEL_TRACKING_ENABLED="false")
     mlog = open(work / "server.log", "w+")
-    server = subprocess.Popen(
-        [shutil.which("monailabel", path=env["PATH"]), "start_server", "--app", str(app), "--studies",
-         f"{url}/dicom-web", "--conf", "models", "limnet", "--host", "127.0.0.1", "--port", str(mport)],
-        stdout=mlog, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    murl = f"http://127.0.0.1:{mport}"
-    for _ in range(180):
-        try:
-            if requests.get(murl + "/info/", timeout=2).ok:
-                break
-        except requests.RequestException:
-            time.sleep(1)
+    server, murl = start_server(str(app), f"{url}/dicom-web", log=mlog, HOME=str(tmp_path_factory.mktemp("home")))
     yield {"orthanc": url, "server": murl, "series": series, "truth": truth, "viewer_truth": viewer_truth}
-    for p in (server, proc):
-        os.killpg(p.pid, 15)
-        p.wait(20)
+    stop_server(server)
+    os.killpg(proc.pid, 15)
+    proc.wait(20)
 
 
 def _ohif_infer(murl: str, series_uid: str, fg: list) -> tuple[np.ndarray, str]:

@@ -24,7 +24,7 @@ def regressions(curve: list[float], tol: float = 0.01) -> int:
     return sum(1 for a, b in zip(curve[:-1], curve[1:]) if b < a - tol)
 
 
-def replay(segment, foreground, background, order, gt) -> tuple[list[float], list[float]]:
+def replay(segment, order, gt) -> tuple[list[float], list[float]]:
     """Feed a recorded click sequence to another tool, round by round."""
     import time
 
@@ -55,10 +55,10 @@ def evaluate_case(net: LimNet, name: str, image: np.ndarray, label: np.ndarray, 
     plain = LimNetSegmenter(net, device, use_fusion=False)
     pstate = plain.new_state(image)
     res.dice["limnet_no_mrf"], res.seconds["limnet_no_mrf"] = replay(
-        lambda fg, bg: plain.add_clicks(pstate, fg, bg), None, None, order, label)
+        lambda fg, bg: plain.add_clicks(pstate, fg, bg), order, label)
     if baseline:
         rw = RandomWalkerTool(image)
-        res.dice["random_walker"], res.seconds["random_walker"] = replay(rw, None, None, order, label)
+        res.dice["random_walker"], res.seconds["random_walker"] = replay(rw, order, label)
     for k in res.dice:  # the robot stops once perfect: carry the last value
         res.dice[k] += [res.dice[k][-1]] * (rounds - len(res.dice[k]))
     return res
