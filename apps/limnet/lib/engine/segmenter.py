@@ -19,8 +19,6 @@ from .state import Click, InteractionState
 
 logger = logging.getLogger(__name__)
 
-MAX_HISTORY = 8
-
 
 class LimNetSegmenter:
     """Runs rounds of one interaction. Stateless itself: everything per interaction lives in the state."""
@@ -134,8 +132,6 @@ class LimNetSegmenter:
         if self.use_fusion and state.mask is not None:
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice))
             logger.info("round %d: kept the previous round on %d slices", state.rounds + 1, len(kept))
-        if state.mask is not None:
-            state.history = (state.history + [state.mask])[-MAX_HISTORY:]
         state.mask, state.box = mask, box
         state.foreground = [tuple(map(int, c)) for c in foreground]
         state.background = [tuple(map(int, c)) for c in background]

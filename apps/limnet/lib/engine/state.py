@@ -29,7 +29,6 @@ class InteractionState:
     features: object | None = None  # SliceFeatures for `box`, reused by later rounds
     rounds: int = 0
     uncertainty: float = 0.0  # mean mask entropy of the last round (active learning's signal)
-    history: list[np.ndarray] = field(default_factory=list)  # earlier fused masks (bounded), for undo
 
     def extends(self, foreground: list[Click], background: list[Click]) -> bool:
         """True when the new click lists start with this state's clicks and add at least one."""
