@@ -28,6 +28,8 @@ from lib.data.heldout import heldout_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 
 METHODS = ("limnet", "limnet_no_mrf", "random_walker")
+LABELS = {"limnet": "LIM-Net with MRF", "limnet_no_mrf": "LIM-Net without MRF (default)",
+          "random_walker": "random walker, same clicks"}
 
 
 def default_weights() -> str:
@@ -46,7 +48,13 @@ def main() -> None:
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--plot", default="", help="write a PNG of mean Dice against clicks per method here")
+    p.add_argument("--plot-from", default="", help="only plot, from a --json file of an earlier run")
     args = p.parse_args()
+    if args.plot_from:
+        with open(args.plot_from) as f:
+            plot([r["dice"] for r in json.load(f)], args.plot)
+        return
     torch.set_num_threads(args.threads)
     weights = args.weights or default_weights()
     net = LimNet.load(weights)
@@ -79,6 +87,28 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in results], f, indent=1)
+    if args.plot:
+        plot([r.dice for r in results], args.plot)
+
+
+def plot(curves: list[dict[str, list[float]]], path: str) -> None:
+    """Mean Dice against the number of clicks, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for m in [m for m in METHODS if m in curves[0]]:
+        mean = np.mean([c[m] for c in curves], axis=0)
+        ax.plot(np.arange(1, len(mean) + 1), mean, marker="o", label=LABELS[m])
+    ax.set_xlabel("clicks")
+    ax.set_ylabel(f"mean Dice ({len(curves)} held-out structures)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":
