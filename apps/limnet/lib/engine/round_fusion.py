@@ -25,13 +25,14 @@ class RoundFusion:
         """P(previous round is better) for each listed slice (all volumes H x W x D)."""
         if not slices:
             return np.zeros(0)
-        union = prev[:, :, slices] | new[:, :, slices]
-        xs, ys, _ = np.nonzero(union)
+        p, n = prev[:, :, slices], new[:, :, slices]  # only the compared slices, never the whole volume
+        union = p | n
+        xs, ys = np.nonzero(union.any(axis=(1, 2)))[0], np.nonzero(union.any(axis=(0, 2)))[0]
         box = Box.around(xs.min(), xs.max(), ys.min(), ys.max(), 1.3, 16)
-        ks = np.array(slices)[:, None]
-        img = crop_slices(image, box, ks, SCORER_SIZE)
-        mp = (crop_slices(prev.astype(np.float32), box, ks, SCORER_SIZE) > 0.5).float()
-        mn = (crop_slices(new.astype(np.float32), box, ks, SCORER_SIZE) > 0.5).float()
+        idx = np.arange(len(slices))[:, None]
+        img = crop_slices(image, box, np.array(slices)[:, None], SCORER_SIZE)
+        mp = (crop_slices(p.astype(np.float32), box, idx, SCORER_SIZE) > 0.5).float()
+        mn = (crop_slices(n.astype(np.float32), box, idx, SCORER_SIZE) > 0.5).float()
         img, mp, mn = img.to(self.device), mp.to(self.device), mn.to(self.device)
         with torch.inference_mode():  # both orders, so that which round came first cannot sway the choice
             p = (torch.sigmoid(self.scorer(img, mp, mn)) + 1 - torch.sigmoid(self.scorer(img, mn, mp))) / 2
