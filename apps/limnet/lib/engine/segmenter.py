@@ -78,7 +78,8 @@ class LimNetSegmenter:
         pts = [p for pos, neg in by_slice.values() for p in pos + neg]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         if state.mask is not None and state.mask.any():
-            mx, my, _ = np.nonzero(state.mask)
+            mx = np.nonzero(state.mask.any(axis=(1, 2)))[0]  # projections: no index list of every voxel
+            my = np.nonzero(state.mask.any(axis=(0, 2)))[0]
             xs, ys = xs + [mx.min(), mx.max()], ys + [my.min(), my.max()]
             return Box.around(min(xs), max(xs), min(ys), max(ys), 1.4, 32).clamp_to((h, w))
         full = Box.around(0, h - 1, 0, w - 1, 1.0, 8)
