@@ -70,6 +70,12 @@ class Box:
         return (x - self.x0 + 0.5) * s - 0.5, (y - self.y0 + 0.5) * s - 0.5
 
 
+def extent_xy(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(xmin, xmax, ymin, ymax) of a non-empty H x W x N mask, from axis projections (no list of every voxel)."""
+    xs, ys = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0]
+    return int(xs[0]), int(xs[-1]), int(ys[0]), int(ys[-1])
+
+
 def crop_slices(volume: np.ndarray, box: Box, slices: np.ndarray, size: int) -> torch.Tensor:
     """N x C x size x size crops of volume[..., slices] (slices: N x C indices along the last axis), zero padded."""
     h, w, _ = volume.shape

@@ -7,7 +7,7 @@ import torch
 
 from lib.net.fusion import SliceScorer
 
-from .geometry import Box, crop_slices
+from .geometry import Box, crop_slices, extent_xy
 
 SCORER_SIZE = 64
 
@@ -26,9 +26,7 @@ class RoundFusion:
         if not slices:
             return np.zeros(0)
         p, n = prev[:, :, slices], new[:, :, slices]  # only the compared slices, never the whole volume
-        union = p | n
-        xs, ys = np.nonzero(union.any(axis=(1, 2)))[0], np.nonzero(union.any(axis=(0, 2)))[0]
-        box = Box.around(xs.min(), xs.max(), ys.min(), ys.max(), 1.3, 16)
+        box = Box.around(*extent_xy(p | n), 1.3, 16)
         idx = np.arange(len(slices))[:, None]
         img = crop_slices(image, box, np.array(slices)[:, None], SCORER_SIZE)
         mp = (crop_slices(p.astype(np.float32), box, idx, SCORER_SIZE) > 0.5).float()

@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 
 from lib.net.bundle import WORKING_SIZE, LimNet
 
-from .geometry import Box, click_maps, crop_slices, neighbour_indices, normalize_intensity, paste_slices
+from .geometry import Box, click_maps, crop_slices, extent_xy, neighbour_indices, normalize_intensity, paste_slices
 from .propagation import PropagationConfig, SliceFeatures, propagate
 from .round_fusion import RoundFusion
 from .state import Click, InteractionState
@@ -78,9 +78,8 @@ class LimNetSegmenter:
         pts = [p for pos, neg in by_slice.values() for p in pos + neg]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         if state.mask is not None and state.mask.any():
-            mx = np.nonzero(state.mask.any(axis=(1, 2)))[0]  # projections: no index list of every voxel
-            my = np.nonzero(state.mask.any(axis=(0, 2)))[0]
-            xs, ys = xs + [mx.min(), mx.max()], ys + [my.min(), my.max()]
+            x0, x1, y0, y1 = extent_xy(state.mask)
+            xs, ys = xs + [x0, x1], ys + [y0, y1]
             return Box.around(min(xs), max(xs), min(ys), max(ys), 1.4, 32).clamp_to((h, w))
         full = Box.around(0, h - 1, 0, w - 1, 1.0, 8)
         found = False
@@ -98,8 +97,11 @@ class LimNetSegmenter:
         return Box.around(min(xs), max(xs), min(ys), max(ys), scale, min_size).clamp_to((h, w))
 
     # -- one round ---------------------------------------------------------------------------------------
-    def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click]) -> np.ndarray:
-        """Run one round with all clicks so far; updates `state` and returns the fused bool mask (H x W x D)."""
+    def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click],
+                   use_fusion: bool | None = None) -> np.ndarray:
+        """Run one round with all clicks so far; updates `state` and returns the fused bool mask (H x W x D).
+
+        `use_fusion` overrides the segmenter's default for this round (MRF on or off)."""
         by_slice: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
         for x, y, k in foreground:
             by_slice[int(k)][0].append((int(x), int(y)))
@@ -130,7 +132,7 @@ class LimNetSegmenter:
             mask[x, y, k] = True
         for x, y, k in background:
             mask[x, y, k] = False
-        if self.use_fusion and state.mask is not None:
+        if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice))
             logger.info("round %d: kept the previous round on %d slices", state.rounds + 1, len(kept))
         state.mask, state.box = mask, box
@@ -150,14 +152,14 @@ class LimNetSegmenter:
         return float(h[region].mean())
 
     @staticmethod
-    def _grown(box: Box, probs: dict[int, torch.Tensor], shape: tuple[int, int]) -> Box | None:
+    def _grown(box: Box, anchors: dict[int, torch.Tensor], shape: tuple[int, int]) -> Box | None:
         """A 1.5x box if a prompted slice's mask touches an edge of the box that lies inside the image, else None.
 
         Only the prompted slices decide: they are what the user pointed at; propagated slices that run into the
         edge are more often leaks than a growing object (the next round's box follows the mask anyway)."""
         if box.size >= max(shape):
             return None
-        edge = torch.stack([torch.cat([p[0], p[-1], p[:, 0], p[:, -1]]) for p in probs.values()]) > 0.5
+        edge = torch.stack([torch.cat([p[0], p[-1], p[:, 0], p[:, -1]]) for p in anchors.values()]) > 0.5
         n = edge.shape[1] // 4
         inside = [box.x0 > 0, box.x1 < shape[0], box.y0 > 0, box.y1 < shape[1]]
         touching = any(edge[:, i * n : (i + 1) * n].any() and inside[i] for i in range(4))

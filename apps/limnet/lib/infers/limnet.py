@@ -189,8 +189,7 @@ class LimNetInfer(BasicInferTask):
             state = segmenter.new_state(volume)
         use_fusion = str(data.get("use_fusion", self.use_fusion)).lower() in ("1", "true", "yes")
         with self._lock:  # one round at a time per task: rounds share the network's buffers
-            segmenter.use_fusion = use_fusion
-            mask = segmenter.add_clicks(state, fg, bg)
+            mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion)
         self.store.put(key, state)
         data["pred"] = MetaTensor(torch.from_numpy(mask.astype(np.uint8)), affine=image.affine)
         data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": int(mask.sum())}
