@@ -6,6 +6,7 @@ import logging
 import os
 
 from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore
@@ -20,6 +21,7 @@ from monailabel.utils.others.class_utils import get_class_names
 import lib.configs
 import lib.server_patches
 from lib.datastore import SafeLocalDatastore
+from lib.dicomweb import parse_modalities, widen_image_list
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,10 @@ class MyApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            ds = super().init_datastore()
+            if isinstance(ds, DICOMWebDatastore):  # CT-only image list by default: widen it (lib/dicomweb.py)
+                widen_image_list(ds, parse_modalities(self.conf.get("dicomweb_modalities")))
+            return ds
         return SafeLocalDatastore(
             self.studies,
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,

@@ -27,6 +27,19 @@ from lib.training.stages import train_interaction, train_memory
 logger = logging.getLogger(__name__)
 
 
+def label_on_image_grid(image_path: str, label_path: str) -> np.ndarray:
+    """The label resampled (nearest neighbour, by physical position) onto the image's voxel grid, in the array
+    order of MONAI's ITKReader. A DICOM SEG holds only the frames that contain a segment, so a label saved from a
+    viewer (OHIF's export to DICOM SEG) usually covers fewer slices than its image."""
+    import SimpleITK as sitk
+
+    image, label = sitk.ReadImage(image_path), sitk.ReadImage(label_path)
+    if label.GetNumberOfComponentsPerPixel() != 1 or label.GetDimension() != image.GetDimension():
+        raise ValueError(f"label {label_path} is not a single-channel volume like its image")
+    out = sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
 def load_labelled_cases(datalist: list[dict], max_objects: int = 4) -> list[tuple[str, Case, tuple]]:
     """(image id, case, spacing) per object: each non-zero label value of a `final` label is one object."""
     loader = LoadImage(reader="ITKReader", image_only=True)
@@ -34,6 +47,11 @@ def load_labelled_cases(datalist: list[dict], max_objects: int = 4) -> list[tupl
     for item in datalist:
         image, label = loader(item["image"]), loader(item["label"])
         img, lab = np.asarray(image, np.float32), np.asarray(label)
+        if img.ndim == 3 and lab.ndim == 3 and lab.shape != img.shape:
+            try:
+                lab = label_on_image_grid(item["image"], item["label"])
+            except Exception as e:  # noqa: BLE001 - an unreadable label is skipped below, not fatal
+                logger.warning("cannot put label %s on its image's grid: %s", item["label"], e)
         if img.ndim != 3 or lab.shape != img.shape:
             logger.warning("skipping %s: image %s and label %s do not match", item["image"], img.shape, lab.shape)
             continue

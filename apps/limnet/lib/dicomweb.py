@@ -1,0 +1,53 @@
+"""The DICOMweb datastore's image list, widened from CT only to the imaging modalities OHIF's MONAI Label mode
+opens (CT and MR by default).
+
+MONAI Label 0.8.5 lists images with one QIDO search, `MONAI_LABEL_DICOMWEB_SEARCH_FILTER`, by default
+`{"Modality": "CT"}`. For an MR series that means: not listed as an image, and a DICOM SEG referencing it (saved
+from OHIF or by `PUT /datastore/label`) is "ignored" by `datalist()`, which even deletes the cached copy of a label
+saved through the server. Training then never sees MR labels. Here the list is one search per modality (the
+other keys of the search filter kept), merged: plain QIDO, so any DICOMweb server answers it.
+
+    --conf dicomweb_modalities CT,MR     (default; e.g. `CT` for MONAI Label's original behaviour)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cachetools import TTLCache, cached
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMWebDatastore
+from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODALITIES = ("CT", "MR")
+
+
+def parse_modalities(value: str | None) -> tuple[str, ...]:
+    mods = tuple(m.strip().upper() for m in (value or "").split(",") if m.strip())
+    return mods or DEFAULT_MODALITIES
+
+
+def list_imaging_series(client, search_filter: dict, modalities: tuple[str, ...]) -> list[str]:
+    """SeriesInstanceUIDs of every series of the given modalities that match the rest of `search_filter`."""
+    series: list[str] = []
+    for modality in modalities:
+        for ds in client.search_for_series(search_filters={**search_filter, "Modality": modality}):
+            uid = str(Dataset.from_json(ds)["SeriesInstanceUID"].value)
+            if uid not in series:
+                series.append(uid)
+    return series
+
+
+def widen_image_list(datastore: DICOMWebDatastore, modalities: tuple[str, ...]) -> DICOMWebDatastore:
+    """Make `datastore.list_images()` (used by the image listing, `datalist()` and the labelled/unlabelled
+    splits) return the series of all `modalities`, cached like MONAI Label's own list."""
+
+    @cached(cache=TTLCache(maxsize=1, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY))
+    def list_images() -> list[str]:
+        return list_imaging_series(datastore._client, dict(datastore._search_filter or {}), modalities)
+
+    datastore.list_images = list_images  # the instance attribute shadows the class's CT-only method
+    logger.info("DICOMweb images: series of modalities %s", ",".join(modalities))
+    return datastore
