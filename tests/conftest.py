@@ -59,12 +59,54 @@ def studies(tmp_path_factory) -> dict:
     return {"folder": str(folder), "blob": case, "touching": second, "lung2": real}
 
 
+def copy_app(parent) -> str:
+    """A copy of apps/limnet under `parent` (without trained or previous weights and logs), so that training in
+    the tests never touches the committed weights."""
+    dst = os.path.join(str(parent), "limnet")
+    shutil.copytree(APP, dst, ignore=shutil.ignore_patterns("logs", "__pycache__", "*.prev.pt", "limnet.pt",
+                                                            "*_train_stats.json"))
+    return dst
+
+
 @pytest.fixture(scope="session")
 def app_dir(tmp_path_factory) -> str:
-    """A copy of apps/limnet, so that training in the tests never touches the committed weights."""
-    dst = tmp_path_factory.mktemp("app") / "limnet"
-    shutil.copytree(APP, dst, ignore=shutil.ignore_patterns("logs", "__pycache__", "*.prev.pt", "limnet.pt"))
-    return str(dst)
+    return copy_app(tmp_path_factory.mktemp("app"))
+
+
+def orthanc_missing_reason() -> str | None:
+    """Why the DICOMweb tests cannot run here (None: they can, or CI requires them)."""
+    import orthanc
+
+    if orthanc.orthanc_binary() is None and not os.environ.get("LIMNET_REQUIRE_ORTHANC"):
+        return "Orthanc is not installed (apt-get install orthanc orthanc-dicomweb); CI installs it"
+    return None
+
+
+@pytest.fixture(scope="module")
+def orthanc_server(tmp_path_factory):
+    """Debian's Orthanc with its DICOMweb plugin on a free loopback port, empty; stopped after the module."""
+    import orthanc
+
+    work = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    log = open(work / "orthanc.log", "w")
+    proc = orthanc.start(str(work), port, free_port(), log=log)
+    url = f"http://127.0.0.1:{port}"
+    yield {"url": url, "dicomweb": f"{url}/dicom-web", "work": work}
+    os.killpg(proc.pid, 15)
+    proc.wait(20)
+    log.close()
+
+
+def viewer_index_space(folder: str) -> np.ndarray:
+    """A DICOM series as a viewer indexes it: (column, row, slice), slices sorted along the orientation's normal
+    (cornerstone in OHIF and GDCM/ITK both sort so). For a series written from LAS geometry that reverses the
+    written slice order."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
+    return sitk.GetArrayFromImage(reader.Execute()).transpose(2, 1, 0)
 
 
 @pytest.fixture(scope="session")

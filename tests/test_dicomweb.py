@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
 
 import nrrd
 import numpy as np
+import orthanc
 import pytest
 import requests
-from conftest import APP, ROOT, free_port, start_server, stop_server
+from conftest import copy_app, orthanc_missing_reason, start_server, stop_server, viewer_index_space
 
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import orthanc  # noqa: E402
-
-pytestmark = pytest.mark.skipif(
-    orthanc.orthanc_binary() is None and not os.environ.get("LIMNET_REQUIRE_ORTHANC"),
-    reason="Orthanc is not installed (apt-get install orthanc orthanc-dicomweb); CI installs it",
-)
+pytestmark = pytest.mark.skipif(orthanc_missing_reason() is not None, reason=str(orthanc_missing_reason()))
 
 
 def cube_volume(seed: int = 0):
@@ -40,23 +33,9 @@ def cube_volume(seed: int = 0):
     return img, truth
 
 
-def viewer_index_space(folder: str) -> np.ndarray:
-    """The series as a viewer indexes it: (column, row, slice), slices sorted along the orientation's normal
-    (cornerstone in OHIF and GDCM/ITK both sort so). For the LAS series that reverses the written slice order."""
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(folder))
-    return sitk.GetArrayFromImage(reader.Execute()).transpose(2, 1, 0)
-
-
 @pytest.fixture(scope="module")
-def dicom_stack(tmp_path_factory):
-    work = tmp_path_factory.mktemp("orthanc")
-    port = free_port()
-    log = open(work / "orthanc.log", "w")
-    proc = orthanc.start(str(work), port, free_port(), log=log)
-    url = f"http://127.0.0.1:{port}"
+def dicom_stack(orthanc_server, tmp_path_factory):
+    work, url = orthanc_server["work"], orthanc_server["url"]
     img, truth = cube_volume()
     series, viewer_truth = {}, {}
     for name, affine in {"ras": np.diag([0.8, 0.8, 2.5, 1.0]), "las": np.diag([-0.8, 0.8, 2.5, 1.0])}.items():
@@ -64,14 +43,11 @@ def dicom_stack(tmp_path_factory):
         series[name] = orthanc.write_series(img, affine, str(folder), "CT", name)
         orthanc.upload(url, str(folder))
         viewer_truth[name] = viewer_index_space(str(folder)) > 200
-    app = tmp_path_factory.mktemp("app") / "limnet"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__", "limnet.pt", "*.prev.pt"))
+    app = copy_app(tmp_path_factory.mktemp("app"))
     mlog = open(work / "server.log", "w+")
-    server, murl = start_server(str(app), f"{url}/dicom-web", log=mlog, HOME=str(tmp_path_factory.mktemp("home")))
+    server, murl = start_server(app, f"{url}/dicom-web", log=mlog, HOME=str(tmp_path_factory.mktemp("home")))
     yield {"orthanc": url, "server": murl, "series": series, "truth": truth, "viewer_truth": viewer_truth}
     stop_server(server)
-    os.killpg(proc.pid, 15)
-    proc.wait(20)
 
 
 def _ohif_infer(murl: str, series_uid: str, fg: list) -> tuple[np.ndarray, str]:
