@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# For the OHIF browser test: Debian's `chromium` (apt, needs root) and the Python `playwright` package in .venv
-# (from requirements-dev.txt). Playwright's own browser download is never used: the test launches
-# /usr/bin/chromium with executable_path. Idempotent; quick when both are present.
+# For the OHIF browser test (tests/test_ohif_browser.py): Debian's `chromium` (apt, needs root) and the Python
+# `playwright` package in .venv (listed in requirements-dev.txt, so scripts/setup_venv.sh installs it too).
+# Playwright's own browser download is never used: the test launches /usr/bin/chromium with executable_path.
+# Idempotent; quick when both are present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
