@@ -12,7 +12,10 @@ worldToCanvas), Run. Checked: the click reaches the server as that voxel; the vi
 server's answer; it covers the clicked voxel and overlaps the white matter (Dice); the axial viewport changed where
 the mask is drawn. The screenshot goes to `$LIMNET_ARTIFACTS` (default `runs/artifacts/`): `ohif_limnet.png`.
 
-Flow 2, saving: the bundled viewer has two ways to store a labelmap, and the tests drive both from the page.
+Flow 2, saving. Path taken for the label that training uses: the MONAI Label client's save (below), sent from
+the page with the viewer's labelmap. Why: the viewer's own path to Orthanc (OHIF's DICOM SEG export) exists and is
+driven too, but in this OHIF build it stores the slices in reverse order, so a label saved that way would train
+the model on a mirrored mask. Both ways, from the page:
 - The MONAI Label extension's own client has `save_label(image, label)`: `PUT /datastore/label?image=<series>`
   with the labelmap's raw bytes as `label.bin`; the panel has no button calling it, so the page sends that very
   request with the viewer's labelmap. The server's DICOMweb datastore turns it into a DICOM SEG (dcmqi) and stores
