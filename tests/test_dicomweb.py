@@ -43,6 +43,10 @@ def dicom_stack(orthanc_server, tmp_path_factory):
         series[name] = orthanc.write_series(img, affine, str(folder), "CT", name)
         orthanc.upload(url, str(folder))
         viewer_truth[name] = viewer_index_space(str(folder)) > 200
+    # the same volume as an MR series (MONAI Label's DICOMweb datastore listed only CT)
+    series["mr"] = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(work / "mr"), "MR", "mr")
+    orthanc.upload(url, str(work / "mr"))
+    viewer_truth["mr"] = viewer_truth["ras"]
     app = copy_app(tmp_path_factory.mktemp("app"))
     mlog = open(work / "server.log", "w+")
     server, murl = start_server(app, f"{url}/dicom-web", log=mlog, HOME=str(tmp_path_factory.mktemp("home")))
@@ -89,3 +93,23 @@ def test_saved_label_reaches_orthanc_as_dicom_seg(dicom_stack, tmp_path):
     assert any(s.get("00080060", {}).get("Value") == ["SEG"] for s in series)
     ds = requests.get(dicom_stack["server"] + "/datastore/?output=all").json()
     assert "final" in ds["objects"][uid]["labels"], "the datastore lists the SEG as the image's final label"
+
+
+def test_label_of_an_mr_series_reaches_the_trainers_datalist(dicom_stack):
+    """MONAI Label 0.8.5 lists only CT series as images, so datalist() ignored (and deleted) the final label of an MR
+    series; lib/dicomweb.py lists CT and MR. The SEG covers only the box's slices: the trainer puts it back on the
+    image's grid."""
+    from monailabel.client import MONAILabelClient
+
+    from lib.trainers.limnet import load_labelled_cases
+
+    uid, truth = dicom_stack["series"]["mr"], dicom_stack["viewer_truth"]["mr"]
+    mask, label = _ohif_infer(dicom_stack["server"], uid, [[int(round(v)) for v in np.argwhere(truth).mean(0)]])
+    MONAILabelClient(dicom_stack["server"]).save_label(uid, label, tag="final",
+                                                        params={"label_info": [{"name": "box"}]})
+    datalist = requests.get(dicom_stack["server"] + "/datastore/?output=train", timeout=120).json()
+    items = [d for d in datalist if os.path.basename(d["image"]).startswith(uid)]
+    assert len(items) == 1, datalist
+    cases = load_labelled_cases(items)
+    assert len(cases) == 1 and np.array_equal(cases[0][1].label > 0, mask), \
+        "the trainer reads the saved mask on the image's grid"
