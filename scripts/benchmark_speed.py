@@ -1,6 +1,11 @@
 """Speed and memory through the REST API on CT-sized volumes, side by side with a classical flood-fill click tool
 given the same clicks in the same run. Prints tables (median, min, max of several clicks).
 
+Per volume: a cold first click (the image is read and normalised inside the request), then a client that fetches
+the image as Slicer does (`GET /datastore/image`, which also starts the server's background prefetch) and clicks
+with the robot: its first click (image prepared, new interaction) and later clicks. Dice of the last click against
+the phantom's truth is printed too, so that speed is never bought with a wrong mask.
+
     .venv/bin/python scripts/benchmark_speed.py            # 512x512x300, objects of several extents
     .venv/bin/python scripts/benchmark_speed.py --quick    # smaller, for a smoke run
 """
@@ -66,14 +71,27 @@ def rss_mb(pid: int) -> float:
     return sum(q.memory_info().rss for q in [p] + p.children(recursive=True)) / 2**20
 
 
-def infer(url: str, image: str, fg, bg, client: str) -> float:
+def infer(url: str, image: str, fg, bg, client: str) -> tuple[float, bytes]:
     import json
 
     t = time.perf_counter()
     r = requests.post(f"{url}/infer/limnet?image={image}&output=image",
-                      data={"params": json.dumps({"foreground": fg, "background": bg, "client_id": client})})
+                      data={"params": json.dumps({"foreground": fg, "background": bg, "client_id": client,
+                                                  "result_extension": ".nrrd", "result_compress": False})})
     r.raise_for_status()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, r.content
+
+
+def mask_dice(content: bytes, gt: np.ndarray) -> float:
+    """Dice of a raw NRRD answer against the truth (the voxel order of the image, as OHIF reads it)."""
+    import nrrd
+
+    path = tempfile.mktemp(suffix=".nrrd")
+    with open(path, "wb") as f:
+        f.write(content)
+    m = nrrd.read(path)[0] > 0
+    os.remove(path)
+    return float(2 * (m & gt).sum() / max(1, m.sum() + gt.sum()))
 
 
 def robot_clicks(gt: np.ndarray, n: int) -> list[tuple[list, bool]]:
@@ -98,19 +116,17 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=5)
     args = p.parse_args()
     big = (256, 256, 100) if args.quick else (512, 512, 300)
-    radii = [10, 30] if args.quick else [10, 30, 60, 120]
+    # object extent grows at a fixed CT size; then one object in volumes of growing size
+    volumes = [(f"r{r}", big, r) for r in ([10, 30] if args.quick else [10, 30, 60, 120])]
+    volumes += [(f"r20_{'x'.join(map(str, s))}", s, 20) for s in [(128, 128, 60), (256, 256, 150), big]]
     work = tempfile.mkdtemp(prefix="limnet-bench-")
     studies = os.path.join(work, "studies")
     os.makedirs(studies)
     truth = {}
-    for r in radii:
-        img, gt = phantom(big, r)
-        nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.5, 1])), os.path.join(studies, f"r{r}.nii.gz"))
-        truth[f"r{r}"] = (img, gt)
-    small = (128, 128, 60)
-    img, gt = phantom(small, 20)
-    nib.save(nib.Nifti1Image(img, np.eye(4)), os.path.join(studies, "small.nii.gz"))
-    truth["small"] = (img, gt)
+    for name, shape, r in volumes:
+        img, gt = phantom(shape, r)
+        nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.5, 1])), os.path.join(studies, f"{name}.nii.gz"))
+        truth[name] = (img, gt)
     app = os.path.join(work, "limnet")
     shutil.copytree(os.path.join(ROOT, "apps", "limnet"), app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
     # no start-up scoring job: it would probe every volume in the background while we time clicks
@@ -122,27 +138,31 @@ def main() -> None:
         base_rss = rss_mb(proc.pid)
         for name, (img, gt) in truth.items():
             clicks = robot_clicks(gt, args.clicks)
+            cold, _ = infer(url, name, [clicks[0][0]], [], client=f"cold-{name}")
+            requests.get(f"{url}/datastore/image?image={name}").raise_for_status()  # the client opens the image
             lim, ff = [], []
             tool = flood_tool(img)
             fg, bg = [], []
             for c, positive in clicks:
                 (fg if positive else bg).append(c)
-                lim.append(infer(url, name, list(fg), list(bg), client=f"bench-{name}"))
+                seconds, content = infer(url, name, list(fg), list(bg), client=f"bench-{name}")
+                lim.append(seconds)
                 t = time.perf_counter()
                 tool(fg, bg)
                 ff.append(time.perf_counter() - t)
-            rows.append((name, img.shape, int(gt.sum()), lim, ff))
+            rows.append((name, img.shape, int(gt.sum()), cold, lim, ff, mask_dice(content, gt)))
         open_rss = rss_mb(proc.pid)
     finally:
         stop_server(proc)
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| volume | shape | object voxels | LIM-Net first click s | LIM-Net later clicks s (median / min / max) "
-          "| flood fill s (median / min / max) | flood / LIM-Net |")
-    print("|---|---|---|---|---|---|---|")
-    for name, shape, n, lim, ff in rows:
-        print(f"| {name} | {'x'.join(map(str, shape))} | {n} | {lim[0]:.2f} | {fmt(lim[1:])} | {fmt(ff)} | "
-              f"{np.median(ff) / np.median(lim):.2f}x |")
-    print(f"\nserver memory: {base_rss:.0f} MB at start, {open_rss:.0f} MB with {len(rows)} interactions open")
+    print("\n| volume | shape | object voxels | cold first click s | first click s | later clicks s (median / min / "
+          "max) | flood fill s (median / min / max) | flood / LIM-Net (later) | LIM-Net Dice, last click |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, shape, n, cold, lim, ff, d in rows:
+        print(f"| {name} | {'x'.join(map(str, shape))} | {n} | {cold:.2f} | {lim[0]:.2f} | {fmt(lim[1:])} | {fmt(ff)} | "
+              f"{np.median(ff) / np.median(lim[1:]):.2f}x | {d:.3f} |")
+    print(f"\nserver memory: {base_rss:.0f} MB at start, {open_rss:.0f} MB with {2 * len(rows)} interactions open "
+          f"on {len(rows)} images")
 
 
 if __name__ == "__main__":

@@ -47,3 +47,16 @@ def test_save_labels_train_and_serve(server, studies, tmp_path):
     path, meta = client.infer("limnet", "blob", {"foreground": [[int(xs[0]), int(ys[0]), k]], "background": [],
                                                  "client_id": "after-train", "reset_state": True})
     assert os.path.exists(path)
+
+    # the previous weights can be restored without a restart (scripts/restore_model.py)
+    from restore_model import restore
+
+    if stats["published"]:
+        now = restore(server["app_dir"], base=before is None)
+        if before is None:
+            assert not os.path.exists(served) and now.endswith("pretrained_limnet.pt")
+        else:
+            assert open(served, "rb").read() == before
+        path, meta = client.infer("limnet", "blob", {"foreground": [[int(xs[0]), int(ys[0]), k]], "background": [],
+                                                     "client_id": "after-restore", "reset_state": True})
+        assert os.path.exists(path)

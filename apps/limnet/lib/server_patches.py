@@ -3,6 +3,9 @@
 - client mistakes it answers with HTTP 500 become 4xx with a message: `params` is parsed with json.loads, and
   unknown images or models raise MONAILabelException;
 - the bundled OHIF viewer: files in sub-folders were answered with index.html (`os.pathsep` for `/`).
+
+And one addition: when a client fetches an image (`GET /datastore/image`, as Slicer does before the first click),
+the infer tasks start reading and normalising it in the background, so the first click does not pay for it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import mimetypes
 import os
 import sys
+import threading
 
 from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,7 +27,6 @@ from monailabel.interfaces.exception import (
 )
 
 logger = logging.getLogger(__name__)
-
 
 
 async def _bad_json(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
@@ -63,6 +66,34 @@ def get_ohif(path: str) -> FileResponse:
     return FileResponse(file, media_type=mime)
 
 
+def prefetch_image(image_id: str) -> None:
+    """Warm the infer tasks' image caches with a local datastore image (a DICOMweb image would be downloaded)."""
+    from monailabel.datastore.local import LocalDatastore
+    from monailabel.interfaces.utils.app import app_instance
+
+    try:
+        instance = app_instance()
+        datastore = instance.datastore()
+        if not isinstance(datastore, LocalDatastore):
+            return
+        path = datastore.get_image_uri(image_id)
+        if not path or not os.path.isfile(path):
+            return
+        for task in instance._infers.values():
+            if hasattr(task, "volumes"):
+                task.volumes.prefetch(path)
+    except Exception as e:  # a warm-up must never break the request that triggered it
+        logger.info("no prefetch for %s: %s", image_id, e)
+
+
+async def _prefetch_fetched_images(request: Request, call_next):
+    response = await call_next(request)
+    if (request.method == "GET" and request.url.path.rstrip("/") == "/datastore/image" and response.status_code == 200
+            and request.query_params.get("image")):
+        threading.Thread(target=prefetch_image, args=(request.query_params["image"],), daemon=True).start()
+    return response
+
+
 def install() -> None:
     """Register the handlers on monailabel's FastAPI app if this process is the server."""
     server = sys.modules.get("monailabel.app")
@@ -75,3 +106,5 @@ def install() -> None:
     app.add_exception_handler(json.JSONDecodeError, _bad_json)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
     app.middleware_stack = None  # rebuilt on the next request, now with these handlers
+    app.middleware("http")(_prefetch_fetched_images)
+    app.middleware_stack = None

@@ -19,7 +19,7 @@ class RandomWalkerTool:
         self.shape = volume.shape
         self.factor = max(1, int(np.ceil((volume.size / max_voxels) ** (1 / 3))))
         f = self.factor
-        norm = normalize_intensity(volume)
+        norm = normalize_intensity(volume, 0.5, 99.5)
         self.data = norm[::f, ::f, ::f] if f > 1 else norm
         self.beta = beta
 

@@ -9,17 +9,28 @@ import torch
 import torch.nn.functional as F
 
 
-def normalize_intensity(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
-    """Modality-agnostic: clip to the volume's percentiles and scale to [0, 1] (design note)."""
-    v = np.asarray(volume, dtype=np.float32)
-    finite = np.isfinite(v)
-    if not finite.all():
+def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.99,
+                        dtype: type = np.float32) -> np.ndarray:
+    """Modality-agnostic: clip to the volume's percentiles and scale to [0, 1] (design note). The percentiles only
+    drop stray outliers: the network sees each box through its own window (`box_window`), so a bright lesion must
+    not be clipped flat here. Works slab by slab (no whole-volume temporaries); `dtype` float16 halves what a
+    cached CT volume holds."""
+    v = np.asarray(volume)
+    if v.dtype.kind == "f" and not np.isfinite(v).all():
+        finite = np.isfinite(v)
         v = np.where(finite, v, np.nanmin(np.where(finite, v, np.inf)) if finite.any() else 0.0)
     sample = v[:: max(1, v.shape[0] // 64), :: max(1, v.shape[1] // 64), :] if v.ndim == 3 else v
-    lo, hi = np.percentile(sample, [low, high])
+    lo, hi = np.percentile(sample.astype(np.float32), [low, high])
+    out = np.zeros(v.shape, dtype)
     if hi - lo < 1e-6:
-        return np.zeros_like(v, dtype=np.float32)
-    return np.clip((v - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        return out
+    scale = np.float32(1.0 / (hi - lo))
+    step = max(1, (1 << 22) // max(1, v[..., :1].size)) if v.ndim == 3 else v.shape[-1]
+    for z in range(0, v.shape[-1], step):
+        slab = v[..., z : z + step].astype(np.float32) - np.float32(lo)
+        slab *= scale
+        out[..., z : z + step] = np.clip(slab, 0.0, 1.0, out=slab)
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,8 +87,43 @@ def extent_xy(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs[0]), int(xs[-1]), int(ys[0]), int(ys[-1])
 
 
-def crop_slices(volume: np.ndarray, box: Box, slices: np.ndarray, size: int) -> torch.Tensor:
-    """N x C x size x size crops of volume[..., slices] (slices: N x C indices along the last axis), zero padded."""
+Window = tuple[float, float]
+
+
+def box_window(volume: np.ndarray, box: Box, slices, low: float = 0.5, high: float = 99.5,
+               min_width: float = 0.05) -> Window:
+    """The intensity window of a box: percentiles of the (normalised) volume inside it on `slices`, at least
+    `min_width` wide. A region of interest's own contrast, as a reader windows an image: a small lesion's contrast
+    is lost in a whole CT volume's range; the minimum width keeps noise in a flat region from being blown up."""
+    h, w, _ = volume.shape
+    sx0, sx1, sy0, sy1 = max(box.x0, 0), min(box.x1, h), max(box.y0, 0), min(box.y1, w)
+    region = volume[sx0:sx1, sy0:sy1][:, :, np.unique(np.asarray(slices).ravel())]
+    step = max(1, int(np.sqrt(region.shape[0] * region.shape[1] / 65536)))  # <= ~64k pixels a slice
+    lo, hi = np.percentile(region[::step, ::step].astype(np.float32), [low, high])
+    if hi - lo < min_width:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_width / 2, mid + min_width / 2
+    return float(lo), float(hi)
+
+
+def shows_structure(volume: np.ndarray, box: Box, k: int, contrast: float = 8.0) -> bool:
+    """Whether slice k inside `box` holds more than noise: its intensity range (0.5-99.5 percentiles) exceeds
+    `contrast` times the noise level (robust spread of neighbouring-pixel differences). A box inside a uniform
+    region shows no edge, so nothing there can tell the object's extent."""
+    h, w, _ = volume.shape
+    region = volume[max(box.x0, 0):min(box.x1, h), max(box.y0, 0):min(box.y1, w), k].astype(np.float32)
+    if region.shape[0] < 2 or region.shape[1] < 2:
+        return False
+    d = np.diff(region, axis=0).ravel()
+    noise = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
+    lo, hi = np.percentile(region, [0.5, 99.5])
+    return bool(hi - lo > contrast * noise + 1e-6)
+
+
+def crop_slices(volume: np.ndarray, box: Box, slices: np.ndarray, size: int,
+                window: Window | None = None) -> torch.Tensor:
+    """N x C x size x size crops of volume[..., slices] (slices: N x C indices along the last axis), zero padded,
+    rescaled so that `window` maps to [0, 1] (clipped) when given."""
     h, w, _ = volume.shape
     sx0, sx1 = max(box.x0, 0), min(box.x1, h)
     sy0, sy1 = max(box.y0, 0), min(box.y1, w)
@@ -87,6 +133,8 @@ def crop_slices(volume: np.ndarray, box: Box, slices: np.ndarray, size: int) -> 
     t = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 3, 0, 1)))
     if box.size != size:
         t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=box.size > size)
+    if window is not None:
+        t = ((t - window[0]) / (window[1] - window[0])).clamp_(0.0, 1.0)
     return t
 
 

@@ -10,19 +10,21 @@ from scipy import ndimage as ndi
 
 from lib.net.memory import MemoryModel
 
-from .geometry import Box, crop_slices, neighbour_indices
+from .geometry import Box, Window, crop_slices, neighbour_indices
 from .memory_bank import MemoryBank
 
 
 class SliceFeatures:
-    """Query-encoder outputs per slice for one volume and one box, computed in chunks and cached.
+    """Query-encoder outputs per slice for one volume, one box and its intensity window, computed in chunks and
+    cached.
 
     Lives in the interaction state, so a later round in the same box re-encodes nothing.
     """
 
     def __init__(self, memory: MemoryModel, volume: np.ndarray, box: Box, size: int, device: torch.device,
-                 chunk: int = 16) -> None:
+                 window: Window | None = None, chunk: int = 16) -> None:
         self.memory, self.volume, self.box, self.size, self.device, self.chunk = memory, volume, box, size, device, chunk
+        self.window = window
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
 
     def get(self, k: int, direction: int = 1) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
@@ -30,7 +32,8 @@ class SliceFeatures:
         if k not in self.cache:
             depth = self.volume.shape[2]
             ks = [j for j in range(k, k + direction * self.chunk, direction) if 0 <= j < depth and j not in self.cache]
-            frames = crop_slices(self.volume, self.box, neighbour_indices(np.array(ks), depth), self.size)
+            frames = crop_slices(self.volume, self.box, neighbour_indices(np.array(ks), depth), self.size,
+                                 self.window)
             frames = frames.to(self.device)
             with torch.inference_mode():
                 keys, feats = self.memory.encode_key(frames)

@@ -12,7 +12,17 @@ from scipy import ndimage as ndi
 
 from lib.net.bundle import WORKING_SIZE, LimNet
 
-from .geometry import Box, click_maps, crop_slices, extent_xy, neighbour_indices, normalize_intensity, paste_slices
+from .geometry import (
+    Box,
+    box_window,
+    click_maps,
+    crop_slices,
+    extent_xy,
+    neighbour_indices,
+    normalize_intensity,
+    paste_slices,
+    shows_structure,
+)
 from .propagation import PropagationConfig, SliceFeatures, propagate
 from .round_fusion import RoundFusion
 from .state import Click, InteractionState
@@ -24,7 +34,13 @@ class LimNetSegmenter:
     """Runs rounds of one interaction. Stateless itself: everything per interaction lives in the state."""
 
     def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
-                 propagation: PropagationConfig | None = None, size: int = WORKING_SIZE) -> None:
+                 propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
+                 box_search: str = "guarded", local_window: bool = True) -> None:
+        """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
+        (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
+        answers with most of the slice or nothing); `local_window`: show the network each box through its own
+        intensity window (else the volume's)."""
+        self.box_search, self.local_window = box_search, local_window
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.use_fusion = use_fusion
@@ -33,10 +49,12 @@ class LimNetSegmenter:
         self.fusion = RoundFusion(self.net.scorer, self.device)
 
     @staticmethod
-    def new_state(volume: np.ndarray) -> InteractionState:
+    def new_state(volume: np.ndarray, normalized: bool = False) -> InteractionState:
+        """A fresh interaction on `volume`; an already normalised one (the server's image cache) is shared, not
+        copied."""
         if volume.ndim != 3:
             raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
-        return InteractionState(image=normalize_intensity(volume))
+        return InteractionState(image=volume if normalized else normalize_intensity(volume))
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -45,8 +63,9 @@ class LimNetSegmenter:
 
     # -- the 2D interaction module -------------------------------------------------------------------------
     def _interact(self, image: np.ndarray, box: Box, k: int, pos: list, neg: list) -> torch.Tensor:
-        """S x S probability of the clicked slice k inside `box`."""
-        frames = crop_slices(image, box, neighbour_indices(k, image.shape[2]), self.size)
+        """S x S probability of the clicked slice k inside `box` (seen through the box's own intensity window)."""
+        ks = neighbour_indices(k, image.shape[2])
+        frames = crop_slices(image, box, ks, self.size, box_window(image, box, ks) if self.local_window else None)
         to_w = [box.to_working(x, y, self.size) for x, y in pos], [box.to_working(x, y, self.size) for x, y in neg]
         x = torch.cat([frames, click_maps(*to_w, self.size)[None]], dim=1).to(self.device)
         with torch.inference_mode(), self._autocast():
@@ -81,20 +100,89 @@ class LimNetSegmenter:
             x0, x1, y0, y1 = extent_xy(state.mask)
             xs, ys = xs + [x0, x1], ys + [y0, y1]
             return Box.around(min(xs), max(xs), min(ys), max(ys), 1.4, 32).clamp_to((h, w))
-        full = Box.around(0, h - 1, 0, w - 1, 1.0, 8)
         found = False
         for k, (pos, neg) in by_slice.items():
-            if not pos:
-                continue
-            prob = paste_slices(self._interact(state.image, full, k, pos, neg)[None], full, (h, w))[:, :, 0]
-            lab, _ = ndi.label(prob > 0.5)
-            ids = {lab[x, y] for x, y in pos} - {0}
-            if ids:
-                cx, cy = np.nonzero(np.isin(lab, list(ids)))
-                xs, ys = xs + [cx.min(), cx.max()], ys + [cy.min(), cy.max()]
-                found = True
+            if pos:
+                extent = self._first_extent(state.image, k, pos, neg)
+                if extent is not None:
+                    xs, ys = xs + list(extent[:2]), ys + list(extent[2:])
+                    found = True
         scale, min_size = (1.5, 32) if found else (1.0, 64)
         return Box.around(min(xs), max(xs), min(ys), max(ys), scale, min_size).clamp_to((h, w))
+
+    def _first_extent(self, image: np.ndarray, k: int, pos: list, neg: list,
+                      implausible: float = 0.75) -> tuple[int, int, int, int] | None:
+        """Extent of the object a first click on slice k points at (see `box_search`).
+
+        Guarded: a whole slice seen at the working size is a 4x reduction of a CT slice, where a small lesion is a
+        few pixels and the pass tends to answer with the body around it; an answer spanning more than
+        `implausible` of the slice (a body, not an organ) or none is checked by the small-to-large search, which
+        wins if it finds a trusted object."""
+        if self.box_search == "search":
+            return self._object_extent(image, k, pos, neg)
+        extent = self._full_slice_extent(image, k, pos, neg)
+        if self.box_search == "full":
+            return extent
+        h, w = image.shape[:2]
+        if extent is None or max(extent[1] - extent[0], extent[3] - extent[2]) + 1 > implausible * max(h, w):
+            found, trusted = self._object_extent(image, k, pos, neg, with_trust=True)
+            return found if trusted or extent is None else extent
+        return extent
+
+    def _full_slice_extent(self, image: np.ndarray, k: int, pos: list, neg: list) -> tuple[int, int, int, int] | None:
+        """The clicked component of one pass over the whole slice (the search's last resort; kept for ablation)."""
+        h, w = image.shape[:2]
+        full = Box.around(0, h - 1, 0, w - 1, 1.0, 8)
+        lab, _ = ndi.label(paste_slices(self._interact(image, full, k, pos, neg)[None], full, (h, w))[:, :, 0] > 0.5)
+        ids = list({lab[x, y] for x, y in pos} - {0})
+        if not ids:
+            return None
+        sl = ndi.find_objects(np.isin(lab, ids).astype(np.uint8))[0]
+        return sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
+
+    def _object_extent(self, image: np.ndarray, k: int, pos: list, neg: list, start: int = 24,
+                       grow: float = 1.5, agree: float = 0.6, fill: float = 0.4, with_trust: bool = False):
+        """(xmin, xmax, ymin, ymax) of what the clicks on slice k point at, searched from small to large boxes.
+
+        The interaction module learnt on boxes 1.25-2.5 times the object. A box's clicked component is trusted when
+        it does not run into an edge of the box inside the image and either fills the box as a training object
+        would (larger side >= `fill` of the box) or the next larger box gives the same component (IoU >= `agree`):
+        an object is what stays put as the view widens. The smallest trusted answer wins (a click in a lesion
+        inside an organ means the lesion). Boxes that show no structure (inside a uniform region) are skipped.
+        Without a trusted answer, the last component that kept off its box's edges; None if the clicks never fall
+        on a component. With `with_trust`, (extent, whether it was trusted)."""
+        h, w = image.shape[:2]
+        px, py = [p[0] for p in pos], [p[1] for p in pos]
+        size, previous, fallback = start, None, None
+        while True:
+            box = Box.around(min(px), max(px), min(py), max(py), 1.0, size).clamp_to((h, w))
+            if box.size < max(h, w) and not shows_structure(image, box, k):
+                size = int(np.ceil(box.size * grow))
+                continue
+            prob = paste_slices(self._interact(image, box, k, pos, neg)[None], box, (h, w))[:, :, 0]
+            lab, _ = ndi.label(prob > 0.5)
+            ids = list({lab[x, y] for x, y in pos} - {0})
+            current = None
+            if ids:
+                comp = np.isin(lab, ids)
+                sl = ndi.find_objects(comp.astype(np.uint8))[0]
+                extent = (sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1)
+                touches = ((extent[0] <= box.x0 and box.x0 > 0) or (extent[1] >= box.x1 - 1 and box.x1 < h)
+                           or (extent[2] <= box.y0 and box.y0 > 0) or (extent[3] >= box.y1 - 1 and box.y1 < w))
+                if not touches:
+                    if max(extent[1] - extent[0], extent[3] - extent[2]) + 1 >= fill * box.size:
+                        return (extent, True) if with_trust else extent
+                    current = (comp, extent)
+                    fallback = extent
+            if current is not None and previous is not None:
+                inter = np.count_nonzero(current[0] & previous[0])
+                union = np.count_nonzero(current[0] | previous[0])
+                if inter >= agree * union:
+                    return (previous[1], True) if with_trust else previous[1]
+            previous = current
+            if box.size >= max(h, w):
+                return (fallback, False) if with_trust else fallback
+            size = int(np.ceil(box.size * grow))
 
     # -- one round ---------------------------------------------------------------------------------------
     def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click],
@@ -111,7 +199,9 @@ class LimNetSegmenter:
         box = self._choose_box(state, by_slice)
         for attempt in range(2):  # grow the box once if the object runs into its edge
             if state.features is None or state.features.box != box:
-                state.features = SliceFeatures(self.net.memory, state.image, box, self.size, self.device)
+                window = (box_window(state.image, box, neighbour_indices(np.array(sorted(by_slice)), shape[2]))
+                          if self.local_window else None)
+                state.features = SliceFeatures(self.net.memory, state.image, box, self.size, self.device, window)
             anchors = {k: self._anchor(state, box, k, pos, neg) for k, (pos, neg) in by_slice.items()}
             bigger = self._grown(box, anchors, shape[:2]) if attempt == 0 else None
             if bigger is not None:

@@ -10,6 +10,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from monai.transforms import LoadImaged
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from lib.engine.geometry import normalize_intensity
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
@@ -59,16 +61,53 @@ def parse_clicks(value: Any, name: str, shape: Sequence[int]) -> list[tuple[int,
     return out
 
 
+@dataclass
+class CachedImage:
+    """An image as the network reads it: normalised float16 (half of float32, shared by every interaction on it)."""
+
+    normalized: np.ndarray  # H x W x D in [0, 1]
+    affine: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.normalized.shape)
+
+    @property
+    def dtype(self) -> np.dtype:  # MONAI Label logs shape and dtype of every item between transforms
+        return self.normalized.dtype
+
+
+def prepare_image(image: MetaTensor) -> CachedImage:
+    """Check that an image can be segmented (3D, finite values, not constant) and normalise it once."""
+    if image.ndim != 3:
+        raise _bad_request(f"LIM-Net needs a 3D image; this one has shape {list(image.shape)}")
+    volume = image.array if hasattr(image, "array") else np.asarray(image)
+    if volume.dtype.kind not in "uif":
+        raise _bad_request(f"unsupported voxel type {volume.dtype}")
+    if volume.dtype.kind == "f":
+        finite = np.isfinite(volume)
+        if not finite.any():
+            raise _bad_request("the image holds no finite values")
+        lo, hi = (volume.min(), volume.max()) if finite.all() else (volume[finite].min(), volume[finite].max())
+    else:
+        lo, hi = volume.min(), volume.max()
+    if lo == hi:
+        raise _bad_request("the image is constant: there is nothing to segment")
+    return CachedImage(normalize_intensity(volume, dtype=np.float16), image.affine)
+
+
 class VolumeCache:
-    """The last few loaded images by path, invalidated when the file changes: later rounds skip the reader."""
+    """The last few prepared images by path, invalidated when the file changes: later rounds (and a click after
+    the client fetched the image, see `prefetch`) skip reading and normalising."""
 
     def __init__(self, max_items: int = 4) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[str, tuple[tuple, MetaTensor]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[tuple, CachedImage]] = OrderedDict()
         self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
         self._loader = LoadImaged(keys="image", reader="ITKReader", image_only=True)
 
-    def load(self, path: str) -> MetaTensor:
+    def load(self, path: str) -> CachedImage:
         st = os.stat(path)
         sig = (st.st_mtime_ns, st.st_size)
         with self._lock:
@@ -76,12 +115,35 @@ class VolumeCache:
             if hit and hit[0] == sig:
                 self._items.move_to_end(path)
                 return hit[1]
-        image = self._loader({"image": path})["image"]
-        with self._lock:
-            self._items[path] = (sig, image)
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            gate = self._loading.setdefault(path, threading.Lock())
+        with gate:  # a click during a prefetch of the same file waits for it instead of reading twice
+            with self._lock:
+                hit = self._items.get(path)
+                if hit and hit[0] == sig:
+                    return hit[1]
+            try:
+                raw = self._loader({"image": path})["image"]
+            except Exception as e:  # corrupt, truncated or unsupported file
+                raise _bad_request(f"could not read the image: {type(e).__name__}") from e
+            image = prepare_image(raw)
+            del raw
+            with self._lock:
+                self._items[path] = (sig, image)
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
+                self._loading.pop(path, None)
         return image
+
+    def prefetch(self, path: str) -> None:
+        """Load `path` in the background (errors are left for the click that needs the image to report)."""
+
+        def run() -> None:
+            try:
+                self.load(path)
+            except Exception as e:
+                logger.info("prefetch of %s skipped: %s", path, e)
+
+        threading.Thread(target=run, name="limnet-prefetch", daemon=True).start()
 
 
 class LimNetInfer(BasicInferTask):
@@ -141,13 +203,7 @@ class LimNetInfer(BasicInferTask):
         path = data.get("image")
         if not isinstance(path, str) or not os.path.isfile(path):
             raise HTTPException(status_code=404, detail="image not found")
-        try:
-            image = self.volumes.load(path)
-        except Exception as e:  # corrupt, truncated or unsupported file
-            raise _bad_request(f"could not read the image: {type(e).__name__}") from e
-        if image.ndim != 3:
-            raise _bad_request(f"LIM-Net needs a 3D image; this one has shape {list(image.shape)}")
-        data["image"] = image
+        data["image"] = self.volumes.load(path)
         return data
 
     @staticmethod
@@ -164,8 +220,8 @@ class LimNetInfer(BasicInferTask):
             raise _bad_request(f"label must be a name of at most {MAX_LABEL_NAME} characters, without / or \\")
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict:
-        image: MetaTensor = data["image"]
-        shape = tuple(image.shape)
+        image: CachedImage = data["image"]
+        shape = image.shape
         fg = parse_clicks(data.get("foreground"), "foreground", shape)
         bg = parse_clicks(data.get("background"), "background", shape)
         if not fg and not bg:
@@ -179,14 +235,7 @@ class LimNetInfer(BasicInferTask):
         reset = str(data.get("reset_state", "false")).lower() in ("1", "true", "yes")
         state = None if reset else self.store.get(key)
         if state is None or not state.extends(fg, bg):
-            volume = image.array if hasattr(image, "array") else np.asarray(image)
-            volume = np.asarray(volume, dtype=np.float32)
-            if not np.isfinite(volume).any():
-                raise _bad_request("the image holds no finite values")
-            finite = volume[np.isfinite(volume)]
-            if finite.max() == finite.min():
-                raise _bad_request("the image is constant: there is nothing to segment")
-            state = segmenter.new_state(volume)
+            state = segmenter.new_state(image.normalized, normalized=True)
         use_fusion = str(data.get("use_fusion", self.use_fusion)).lower() in ("1", "true", "yes")
         with self._lock:  # one round at a time per task: rounds share the network's buffers
             mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion)

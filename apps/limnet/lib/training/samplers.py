@@ -1,5 +1,6 @@
 """Training samples cut from 3D cases the way inference cuts them: square in-plane boxes around the object,
-resized to the working size, 2.5D slices, click maps in working coordinates."""
+resized to the working size, seen through the box's own intensity window, 2.5D slices, click maps in working
+coordinates."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-from lib.engine.geometry import Box, click_maps, crop_slices, neighbour_indices
+from lib.engine.geometry import Box, box_window, click_maps, crop_slices, neighbour_indices
 
 
 @dataclass
@@ -57,7 +58,8 @@ def interaction_batch(cases: list[Case], rng: np.random.Generator, batch: int, s
         k = int(ks[rng.integers(len(ks))])
         m = case.label[:, :, k] > 0
         box = _jittered_box(rng, m, m.shape)
-        images.append(crop_slices(case.image, box, neighbour_indices(k, case.image.shape[2]), size)[0])
+        ks3 = neighbour_indices(k, case.image.shape[2])
+        images.append(crop_slices(case.image, box, ks3, size, box_window(case.image, box, ks3))[0])
         targets.append(crop_slices(case.label.astype(np.float32), box, np.array([[k]]), size)[0])
         pos = [deepest_point(m)] if rng.random() < 0.7 else _random_points(rng, m, 1)
         pos += _random_points(rng, m, int(rng.choice([0, 0, 1, 2, 3])))
@@ -112,7 +114,8 @@ def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size
         k0 = int(ks[rng.integers(len(ks))])
         idx = k0 + step * np.arange(length)
         box = _jittered_box(rng, case.label[:, :, k0] > 0, case.label.shape[:2])
-        frames.append(crop_slices(case.image, box, neighbour_indices(idx, depth), size))
+        window = box_window(case.image, box, neighbour_indices(k0, depth))  # the prompted slice's, as at inference
+        frames.append(crop_slices(case.image, box, neighbour_indices(idx, depth), size, window))
         masks.append(crop_slices(case.label.astype(np.float32), box, idx[:, None], size))
     return torch.stack(frames), (torch.stack(masks) > 0.5).float()
 
