@@ -35,13 +35,18 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
     p.add_argument("--out", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
     args = p.parse_args()
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = torch.device("cpu")
+    if torch.cuda.is_available() and not args.cpu:  # one GPU per process (torchrun sets LOCAL_RANK)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if world > 1:  # torchrun: data parallel over processes (gloo on CPU, nccl on GPUs)
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}/{world}] %(message)s", stream=sys.stdout)
     torch.set_num_threads(args.threads)
@@ -65,15 +70,18 @@ def main() -> None:
         if world > 1:
             torch.distributed.barrier()
 
+    net.to(device)
+    logging.info("training on %s", device)
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed)
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed)
         save()
-    if args.stage in ("fusion", "all") and rank == 0:  # small: one process
+    if args.stage in ("fusion", "all") and rank == 0:  # small: one process, on the CPU
         from lib.training.fusion_stage import train_fusion
 
+        net.to("cpu")
         train_fusion(net, args.steps_fusion, os.path.join(args.workdir, "fusion.ckpt"), args.seed, cases=pool)
         net.save(args.out, meta)
     logging.info("weights written to %s", args.out)

@@ -49,6 +49,8 @@ class PropagationConfig:
     working_capacity: int = 6
     threshold: float = 0.5
     reach: int = 6  # working-grid pixels a slice's mask may move from the previous slice's and still connect
+    settle: int = 2  # slices in a row that match the last round before a sweep hands over to the last round
+    same_iou: float = 0.97  # a slice "matches" the last round at this IoU of the masks
 
 
 def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float, reach: int) -> torch.Tensor:
@@ -67,11 +69,20 @@ def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float,
     return prob * torch.from_numpy(keep).to(prob.device)
 
 
+def _same(a: torch.Tensor, b: torch.Tensor, threshold: float, iou: float) -> bool:
+    ma, mb = a > threshold, b > threshold
+    union = int((ma | mb).sum())
+    return union == 0 or int((ma & mb).sum()) >= iou * union
+
+
 def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor], direction: int,
-           cfg: PropagationConfig) -> dict[int, torch.Tensor]:
+           cfg: PropagationConfig, previous: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """One direction: start at the first non-empty anchor met, remember every anchor, walk until the object ends.
 
     An empty anchor (a slice the user cleared) says the object is absent there: the sweep stops at it.
+    With `previous` (the last round's result in the same box), a sweep past the new anchors that lands on the last
+    round's masks for `settle` slices in a row hands over to it: a refinement click re-propagates only where masks
+    change.
     """
     depth = features.volume.shape[2]
     order = sorted(anchors, reverse=direction < 0)
@@ -84,10 +95,10 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         frame, key, feats = features.get(k, direction)
         bank.add(key.flatten(2), memory.encode_value(frame, anchors[k], feats[2]).flatten(2), pinned=True)
     out: dict[int, torch.Tensor] = {}
-    empty = 0
+    empty = settled = 0
     k = present[0] + direction
     hidden = None
-    previous = anchors[present[0]][0, 0] > cfg.threshold
+    last_round, previous = previous, anchors[present[0]][0, 0] > cfg.threshold
     while 0 <= k < depth:
         if k in anchors:
             if k not in present:
@@ -114,21 +125,32 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
             empty = 0
             previous = prob[0, 0] > cfg.threshold
             bank.add(key.flatten(2), memory.encode_value(frame, prob, feats[2]).flatten(2))
+        if last_round is not None and (k - last_anchor) * direction > 0:
+            settled = settled + 1 if k in last_round and _same(prob[0, 0], last_round[k], cfg.threshold,
+                                                               cfg.same_iou) else 0
+            if settled >= cfg.settle:  # from here on this round would repeat the last one
+                j = k + direction
+                while j in last_round and j not in anchors:
+                    out[j] = last_round[j]
+                    j += direction
+                break
         k += direction
     return out
 
 
 def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor],
-              cfg: PropagationConfig | None = None) -> dict[int, torch.Tensor]:
+              cfg: PropagationConfig | None = None,
+              previous: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
     """Working-grid probabilities for every slice reached from the anchors (slice -> S x S).
 
     Slices between two anchors get both sweeps, weighted by closeness to the anchor each sweep came from.
+    `previous`: the last round's result on the same features (see `_sweep`).
     """
     cfg = cfg or PropagationConfig()
     anchors = {k: v.reshape(1, 1, *v.shape[-2:]) for k, v in anchors.items()}
     with torch.inference_mode():
-        fwd = _sweep(memory, features, anchors, +1, cfg)
-        bwd = _sweep(memory, features, anchors, -1, cfg)
+        fwd = _sweep(memory, features, anchors, +1, cfg, previous)
+        bwd = _sweep(memory, features, anchors, -1, cfg, previous)
     ks = np.array(sorted(anchors))
     result = {k: v[0, 0] for k, v in anchors.items()}
     for k in set(fwd) | set(bwd):

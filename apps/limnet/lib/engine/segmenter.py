@@ -99,7 +99,12 @@ class LimNetSegmenter:
         if state.mask is not None and state.mask.any():
             x0, x1, y0, y1 = extent_xy(state.mask)
             xs, ys = xs + [x0, x1], ys + [y0, y1]
-            return Box.around(min(xs), max(xs), min(ys), max(ys), 1.4, 32).clamp_to((h, w))
+            box = Box.around(min(xs), max(xs), min(ys), max(ys), 1.4, 32).clamp_to((h, w))
+            old = state.box
+            if old is not None and old.size <= 1.5 * box.size and min(xs) >= old.x0 + 2 and max(xs) < old.x1 - 2 \
+                    and min(ys) >= old.y0 + 2 and max(ys) < old.y1 - 2:
+                return old  # still holds the object and the clicks: keep it, and with it the cached slice features
+            return box
         found = False
         for k, (pos, neg) in by_slice.items():
             if pos:
@@ -207,8 +212,10 @@ class LimNetSegmenter:
             if bigger is not None:
                 box = bigger
                 continue
+            last = state.probs if state.probs_features is state.features else None
             with self._autocast():
-                probs = propagate(self.net.memory, state.features, anchors, self.propagation)
+                probs = propagate(self.net.memory, state.features, anchors, self.propagation, last)
+            state.probs, state.probs_features = probs, state.features
             break
         state.uncertainty = self.mask_entropy(probs)
         mask = np.zeros(shape, bool)

@@ -27,6 +27,8 @@ class InteractionState:
     mask: np.ndarray | None = None  # last round's fused mask (bool, H x W x D)
     box: Box | None = None
     features: object | None = None  # SliceFeatures for `box`, reused by later rounds
+    probs: dict | None = None  # last round's working-grid probabilities per slice (before pasting and fusion)
+    probs_features: object | None = None  # the SliceFeatures `probs` were computed on
     rounds: int = 0
     uncertainty: float = 0.0  # mean mask entropy of the last round (active learning's signal)
 

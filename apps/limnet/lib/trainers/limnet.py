@@ -132,7 +132,7 @@ class LimNetTrainer(TrainTask):
         logger.info("training on %d objects, validating on %d (%s)", len(train), len(val), sorted(val_ids))
 
         torch.manual_seed(seed)
-        net = LimNet.load(served, "cpu")
+        net = LimNet.load(served, device)
         base = robot_dice(net, val, rounds, device)
         stats: dict[str, Any] = {"name": self.name, "start": time.strftime("%Y-%m-%d %H:%M:%S"), "served_before": served,
                                  "train_objects": len(train), "val_objects": len(val), "val_dice_before": base,

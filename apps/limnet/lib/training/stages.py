@@ -70,8 +70,9 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
                       lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5) -> None:
-    """Simulated iterative clicks on single slices: the 2D interaction module."""
+    """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device)."""
     module = net.interaction.train()
+    dev = next(module.parameters()).device
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     start = _load_ckpt(ckpt, module, opt)
     rng = np.random.default_rng([seed, start, _world()[0]])
@@ -83,10 +84,10 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
         if rng.random() < refine_prob:  # one simulated correction round on the model's own prediction
             with torch.no_grad():
                 module.eval()
-                pred = torch.sigmoid(module(interaction_inputs(images, clicks)))
+                pred = torch.sigmoid(module(interaction_inputs(images, clicks).to(dev))).cpu()
                 module.train()
             clicks = add_error_clicks(pred, target, clicks)
-        loss = seg_loss(module(interaction_inputs(images, clicks)), target)
+        loss = seg_loss(module(interaction_inputs(images, clicks).to(dev)), target.to(dev))
         opt.zero_grad()
         loss.backward()
         _sync_grads(module)
@@ -122,8 +123,10 @@ def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, firs
 
 def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 8,
                  length: int = 4, lr: float = 2e-3, log_every: int = 25) -> None:
-    """Slice sequences: the memory model propagates the first slice's mask through the next ones."""
+    """Slice sequences: the memory model propagates the first slice's mask through the next ones (on the module's
+    device)."""
     module = net.memory.train()
+    dev = next(module.parameters()).device
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     start = _load_ckpt(ckpt, module, opt)
     rng = np.random.default_rng([seed, 7919, start, _world()[0]])
@@ -132,6 +135,7 @@ def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: in
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
         frames, masks = sequence_batch(cases(), rng, batch, WORKING_SIZE, length)
+        frames, masks = frames.to(dev), masks.to(dev)
         loss = memory_sequence_loss(module, frames, masks, perturb_mask(masks[:, 0], rng))
         opt.zero_grad()
         loss.backward()
