@@ -153,6 +153,21 @@ def paste_slices(prob: torch.Tensor, box: Box, shape: tuple[int, int]) -> np.nda
     return out
 
 
+def paste_mask(prob: torch.Tensor, box: Box, mask: np.ndarray, slices: list[int], threshold: float) -> None:
+    """Write N x size x size probabilities, thresholded, into `mask[..., slices]` inside the box only (the rest of
+    the volume is never touched: the cost follows the object, not the volume)."""
+    h, w = mask.shape[:2]
+    sx0, sx1 = max(box.x0, 0), min(box.x1, h)
+    sy0, sy1 = max(box.y0, 0), min(box.y1, w)
+    if sx1 <= sx0 or sy1 <= sy0:
+        return
+    p = prob.unsqueeze(1).float()
+    if box.size != p.shape[-1]:
+        p = F.interpolate(p, size=(box.size, box.size), mode="bilinear", align_corners=False)
+    region = (p[:, 0, sx0 - box.x0 : sx1 - box.x0, sy0 - box.y0 : sy1 - box.y0] > threshold).cpu().numpy()
+    mask[sx0:sx1, sy0:sy1, slices] = region.transpose(1, 2, 0)
+
+
 def neighbour_indices(k: np.ndarray | int, depth: int) -> np.ndarray:
     """(k-1, k, k+1) clamped to the volume: the 2.5D context of each slice."""
     k = np.atleast_1d(np.asarray(k))

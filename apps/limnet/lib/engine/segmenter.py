@@ -20,6 +20,7 @@ from .geometry import (
     extent_xy,
     neighbour_indices,
     normalize_intensity,
+    paste_mask,
     paste_slices,
     shows_structure,
 )
@@ -222,8 +223,7 @@ class LimNetSegmenter:
         ks = sorted(probs)
         for i in range(0, len(ks), 32):
             chunk = ks[i : i + 32]
-            pasted = paste_slices(torch.stack([probs[k] for k in chunk]), box, shape[:2])
-            mask[:, :, chunk] = pasted > self.propagation.threshold
+            paste_mask(torch.stack([probs[k] for k in chunk]), box, mask, chunk, self.propagation.threshold)
         mask = self._keep_clicked_components(mask, foreground)
         for x, y, k in foreground:
             mask[x, y, k] = True

@@ -240,7 +240,7 @@ class LimNetInfer(BasicInferTask):
         with self._lock:  # one round at a time per task: rounds share the network's buffers
             mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion)
         self.store.put(key, state)
-        data["pred"] = MetaTensor(torch.from_numpy(mask.astype(np.uint8)), affine=image.affine)
+        data["pred"] = MetaTensor(torch.from_numpy(mask.view(np.uint8)), affine=image.affine)
         data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": int(mask.sum())}
         return data
 
