@@ -17,12 +17,14 @@ import torch
 from fastapi import HTTPException
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged
+from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
+from lib.validation import check_image_file, check_volume
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class VolumeCache:
             if hit and hit[0] == sig:
                 self._items.move_to_end(path)
                 return hit[1]
+        check_image_file(path)  # header-level checks ITK skips (truncated NIfTI, oversized volumes)
         image = self._loader({"image": path})["image"]
         with self._lock:
             self._items[path] = (sig, image)
@@ -143,10 +146,13 @@ class LimNetInfer(BasicInferTask):
             raise HTTPException(status_code=404, detail="image not found")
         try:
             image = self.volumes.load(path)
+        except MONAILabelException:
+            raise
         except Exception as e:  # corrupt, truncated or unsupported file
-            raise _bad_request(f"could not read the image: {type(e).__name__}") from e
-        if image.ndim != 3:
-            raise _bad_request(f"LIM-Net needs a 3D image; this one has shape {list(image.shape)}")
+            logger.warning("could not read %s: %s", path, e)
+            raise _bad_request("could not read the image: the file is corrupt, truncated or not a NIfTI/NRRD "
+                               f"volume ({type(e).__name__})") from e
+        check_volume(image)
         data["image"] = image
         return data
 
