@@ -111,10 +111,12 @@ class SafeLocalDatastore(LocalDatastore):
         return super().add_image(image_id, image_filename, image_info)
 
     def remove_image(self, image_id: str) -> None:
-        return super().remove_image(check_name(image_id, "image id"))
+        super().remove_image(check_name(image_id, "image id"))
+        self.refresh()  # with auto reload, 0.8.5 left the listing to the file watcher: a list right after still had it
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        return super().remove_label(check_name(label_id, "label id"), check_tag(label_tag))
+        super().remove_label(check_name(label_id, "label id"), check_tag(label_tag))
+        self.refresh()
 
     def get_image_uri(self, image_id: str) -> str:
         return super().get_image_uri(check_name(image_id, "image id"))
