@@ -5,6 +5,10 @@
 - the bundled OHIF viewer: files in sub-folders were answered with index.html (`os.pathsep` for `/`);
 - ids that become paths: `POST /infer/M?image=/any/file` (or `../..`, or `"image"` inside `params`) read files
   outside the studies folder, and session ids were joined into the sessions folder unchecked;
+- unknown model, strategy or scoring names were HTTP 500 (`PUT /model/x`, `/activelearning/x`) or started a
+  subprocess bound to fail (`/train/x`, `/scoring/x`, `/batch/infer/x`): now 404 before anything runs;
+- `PUT /model/limnet` copied any upload over the served weights in place (garbage broke every later click):
+  now the upload must load as LIM-Net weights, the previous file is kept and the swap is atomic;
 - authentication (MONAI_LABEL_AUTH_ENABLE): every token was refused with 401, valid ones too (0.8.5 calls
   PyJWT 2's `jwt.decode` without `algorithms`); a wrong password at `/auth/token` and an unreachable identity
   provider were HTTP 500.
@@ -93,6 +97,63 @@ def _guard_session(fn):
     return guarded
 
 
+def _require_known(fn, attr: str, what: str, position: int):
+    """Answer 404 unless the name argument at `position` is one of the app's `attr` (infers, trainers, ...)."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        from monailabel.interfaces.utils.app import app_instance
+
+        name = args[position] if len(args) > position else next(iter(kwargs.values()), None)
+        known = getattr(app_instance(), attr, {}) or {}
+        if name not in known:
+            raise HTTPException(status_code=404, detail=f"no {what} named {str(name)[:80]!r}; available: {sorted(known)}")
+        return fn(*args, **kwargs)
+
+    return guarded
+
+
+def _update_model(original):
+    """PUT /model/NAME for LIM-Net: the upload must load as LIM-Net weights; the previous file is kept as
+    NAME.prev.pt and the new one renamed into place (a reader never sees half a file)."""
+
+    @functools.wraps(original)
+    def update(background_tasks, model, file):
+        import shutil
+        import tempfile
+
+        from monailabel.interfaces.utils.app import app_instance
+        from monailabel.utils.others.generic import file_checksum
+
+        from lib.infers.limnet import LimNetInfer
+        from lib.net.bundle import LimNet
+
+        task = app_instance()._infers.get(model)
+        if not isinstance(task, LimNetInfer):
+            return original(background_tasks, model, file)
+        target = task.path[-1] if isinstance(task.path, (list, tuple)) else task.path
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(file.file, out)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                LimNet.load(tmp)
+            except Exception as e:
+                raise invalid(f"the upload is not LIM-Net weights ({type(e).__name__}); the served model is unchanged") from e
+            if os.path.exists(target):
+                shutil.copy2(target, target.replace(".pt", ".prev.pt"))
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        s = os.stat(target)
+        return {"checksum": file_checksum(target), "modified_time": int(s.st_mtime)}
+
+    return update
+
+
 def from_token(token: str):
     """monailabel.endpoints.user.auth.from_token with the signature algorithms named (PyJWT 2 refuses every
     token otherwise) and an expiry required; the key is the realm's `public_key`, as before."""
@@ -145,18 +206,30 @@ def install() -> None:
     server = sys.modules.get("monailabel.app")
     if server is None or not hasattr(server, "app"):
         return
+    import monailabel.endpoints.activelearning as activelearning
+    import monailabel.endpoints.batch_infer as batch_infer
     import monailabel.endpoints.infer as infer
+    import monailabel.endpoints.model as model
     import monailabel.endpoints.ohif as ohif
+    import monailabel.endpoints.scoring as scoring
     import monailabel.endpoints.session as session
+    import monailabel.endpoints.train as train
     from monailabel.endpoints.user import auth
 
     # the routes look these functions up by name on every request
     ohif.get_ohif = get_ohif
-    if not getattr(infer.run_inference, "__wrapped__", None):
+    auth.from_token = from_token
+    if not getattr(infer.run_inference, "__wrapped__", None):  # once per process
         infer.run_inference = _guard_infer(infer.run_inference)
         session.get_session = _guard_session(session.get_session)
         session.remove_session = _guard_session(session.remove_session)
-    auth.from_token = from_token
+        for name in ("model_info", "download_model", "delete_model"):
+            setattr(model, name, _require_known(getattr(model, name), "_infers", "model", 0))
+        model.update_model = _require_known(_update_model(model.update_model), "_infers", "model", 1)
+        train.run_model = _require_known(train.run_model, "_trainers", "trainer", 0)
+        batch_infer.run = _require_known(batch_infer.run, "_infers", "model", 0)
+        scoring.run_method = _require_known(scoring.run_method, "_scoring_methods", "scoring method", 0)
+        activelearning.sample = _require_known(activelearning.sample, "_strategies", "strategy", 0)
     app = server.app
     app.add_exception_handler(json.JSONDecodeError, _bad_json)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
