@@ -24,6 +24,7 @@ from lib.validation import check_name, invalid
 
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HISTORY = ".history"
+HISTORY_KEEP = 50  # earlier versions kept per label; older ones are removed so that saves cannot fill the disk
 TEMP_PREFIXES = (".saving-", ".datastore-")
 
 
@@ -69,7 +70,21 @@ def keep_version(path: str, folder: str) -> str:
         os.link(path, keep)
     except OSError:
         atomic_copy(path, keep)
+    _prune(folder, os.path.basename(path))
     return keep
+
+
+def _prune(folder: str, name: str, keep: int = HISTORY_KEEP) -> None:
+    def stamp(f: str) -> float:
+        try:
+            return float(f.split("-", 1)[0])
+        except ValueError:
+            return float("inf")  # not ours: never removed
+
+    versions = sorted((f for f in os.listdir(folder) if f.partition("-")[2] == name and stamp(f) != float("inf")),
+                      key=stamp)
+    for old in versions[:-keep] if len(versions) > keep else []:
+        os.remove(os.path.join(folder, old))
 
 
 def check_tag(label_tag: object) -> str:
