@@ -57,7 +57,7 @@ class Report:
     requests_per_client: dict[int, int] = field(default_factory=dict)
     interactions: int = 0
     rss: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, bytes)
-    open_interactions: list[int] = field(default_factory=list)
+    open_interactions: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, count)
     seconds: float = 0.0
 
 
@@ -152,6 +152,8 @@ def run_load(url: str, server_pid: int, patterns: list[Pattern], clients: int, s
             with lock:
                 report.interactions += 1
             for r, (fg, bg) in enumerate(pattern.rounds):
+                if time.monotonic() >= deadline:
+                    break
                 t0 = time.monotonic()
                 try:
                     out = click(url, pattern.image, fg, bg, label, f"client-{c}", extension)
@@ -169,31 +171,45 @@ def run_load(url: str, server_pid: int, patterns: list[Pattern], clients: int, s
         with lock:
             report.requests_per_client[c] = count
 
-    def monitor() -> None:
-        last_info = 0.0
+    def memory() -> None:
         while not done.is_set():
             report.rss.append((time.monotonic() - start, tree_rss(server_pid)))
-            if time.monotonic() - last_info > 5:
-                last_info = time.monotonic()
-                try:
-                    info = requests.get(url + "/info/", timeout=600).json()
-                    report.open_interactions.append(int(info["models"]["limnet"]["open_interactions"]))
-                except Exception:  # noqa: BLE001 - a monitor, not a client
-                    pass
             done.wait(0.5)
 
-    watcher = threading.Thread(target=monitor, daemon=True)
-    watcher.start()
+    def interactions() -> None:  # /info waits its turn behind the clicks: its own thread
+        while not done.is_set():
+            try:
+                info = requests.get(url + "/info/", timeout=600).json()
+                report.open_interactions.append((time.monotonic() - start,
+                                                 int(info["models"]["limnet"]["open_interactions"])))
+            except Exception:  # noqa: BLE001 - a monitor, not a client
+                pass
+            done.wait(3)
+
+    watchers = [threading.Thread(target=memory, daemon=True), threading.Thread(target=interactions, daemon=True)]
+    for w in watchers:
+        w.start()
     threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     done.set()
-    watcher.join()
+    for w in watchers:
+        w.join()
     report.rss.append((time.monotonic() - start, tree_rss(server_pid)))
     report.seconds = time.monotonic() - start
     return report
+
+
+def plateau(report: Report, limit: int) -> tuple[float, int, int] | None:
+    """(time the LRU first held `limit` interactions, RSS up to then, peak RSS after), or None if it never did."""
+    full = next((t for t, n in report.open_interactions if n >= limit), None)
+    if full is None:
+        return None
+    before = max((r for t, r in report.rss if t <= full), default=0)
+    after = max((r for t, r in report.rss if t > full), default=before)
+    return full, before, after
 
 
 def table(report: Report, clients: int, rss_before: int, machine: str) -> str:
@@ -205,11 +221,13 @@ def table(report: Report, clients: int, rss_before: int, machine: str) -> str:
         "| server RSS before MB | server peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {clients} | {report.seconds:.0f} | {sum(report.requests_per_client.values())} | {len(report.errors)} "
-        f"| {len(report.mismatches)} | {report.interactions} | {max(report.open_interactions, default=0)} "
+        f"| {len(report.mismatches)} | {report.interactions} | {max((n for _, n in report.open_interactions), default=0)} "
         f"| {statistics.median(lat) if lat else float('nan'):.2f} | {p95:.2f} | {rss_before / mb:.0f} "
         f"| {max(r for _, r in report.rss) / mb:.0f} |",
     ]
-    return f"{machine}\n" + "\n".join(rows)
+    samples = [report.rss[int(i * (len(report.rss) - 1) / 6)] for i in range(7)] if report.rss else []
+    timeline = ", ".join(f"{t:.0f} s: {r / mb:.0f}" for t, r in samples)
+    return f"{machine}\n" + "\n".join(rows) + f"\nserver RSS MB over the run: {timeline}"
 
 
 def machine() -> str:
@@ -244,6 +262,10 @@ def main() -> None:
         finally:
             stop_server(proc)
         print(table(report, args.clients, rss_before, machine()))
+        full = plateau(report, max_open)
+        if full:
+            print(f"LRU full ({max_open}) at {full[0]:.0f} s: server RSS {full[1] / 2**20:.0f} MB then, "
+                  f"at most {full[2] / 2**20:.0f} MB after")
         for line in (report.errors + report.mismatches)[:10]:
             print("  ", line)
     finally:

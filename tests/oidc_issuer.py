@@ -30,6 +30,7 @@ class Issuer:
         self.client_id = client_id
         self.users: dict[str, tuple[str, list[str]]] = {}  # username -> (password, realm roles)
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request received
+        self.available = True  # False: every request is answered 503 (an identity provider that is down)
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -46,6 +47,8 @@ class Issuer:
 
             def do_GET(self) -> None:  # noqa: N802
                 issuer.requests.append(("GET", self.path))
+                if not issuer.available:
+                    return self._send(503, {"error": "unavailable"})
                 doc = issuer.documents().get(self.path.rstrip("/"))
                 self._send(200, doc) if doc is not None else self._send(404, {"error": "not found"})
 

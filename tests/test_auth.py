@@ -55,6 +55,20 @@ def _click(url: str, case, headers: dict | None = None) -> requests.Response:
                          headers=headers or {}, timeout=300)
 
 
+def test_identity_provider_down_is_503_not_500(auth_server):
+    """Runs first in this module: the server fetches the realm's key on the first request with a token."""
+    url, issuer = auth_server["url"], auth_server["issuer"]
+    if ("GET", issuer.path) in issuer.requests:
+        pytest.skip("the server already holds the realm's key (this test must run first in the module)")
+    issuer.available = False
+    try:
+        r = requests.get(url + "/info/", headers=_bearer(issuer.token("viewer", [USER])))
+        assert r.status_code == 503, (r.status_code, r.text[:200])
+    finally:
+        issuer.available = True
+    assert requests.get(url + "/info/", headers=_bearer(issuer.token("viewer", [USER]))).ok
+
+
 def test_requests_without_a_valid_token_get_401(auth_server):
     url, issuer, case = auth_server["url"], auth_server["issuer"], auth_server["case"]
     assert requests.get(url + "/auth/").json()["enabled"] is True
