@@ -24,7 +24,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
-from lib.validation import check_image_file, check_volume
+from lib.validation import check_image_complete, check_image_header, check_volume
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ class VolumeCache:
             if hit and hit[0] == sig:
                 self._items.move_to_end(path)
                 return hit[1]
-        check_image_file(path)  # header-level checks ITK skips (truncated NIfTI, oversized volumes)
+        check_image_header(path)  # what ITK does not check: oversized volumes, truncated NIfTI
         image = self._loader({"image": path})["image"]
+        check_image_complete(path, image)
         with self._lock:
             self._items[path] = (sig, image)
             while len(self._items) > self.max_items:
