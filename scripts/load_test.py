@@ -230,6 +230,16 @@ def table(report: Report, clients: int, rss_before: int, machine: str) -> str:
     return f"{machine}\n" + "\n".join(rows) + f"\nserver RSS MB over the run: {timeline}"
 
 
+def server_times(log_path: str) -> list[float]:
+    """Seconds per click as the server logged them (MONAI Label's "++ Latencies => Total: ...")."""
+    out = []
+    with open(log_path, errors="replace") as f:
+        for line in f:
+            if "Latencies => Total:" in line:
+                out.append(float(line.split("Total:")[1].split(";")[0]))
+    return out
+
+
 def machine() -> str:
     import torch
 
@@ -261,7 +271,12 @@ def main() -> None:
             report = run_load(url, proc.pid, patterns, args.clients, args.seconds, refs)
         finally:
             stop_server(proc)
+            log.close()
         print(table(report, args.clients, rss_before, machine()))
+        served = server_times(os.path.join(work, "server.log"))
+        if served:
+            print(f"server's own time per click: median {statistics.median(served):.2f} s, "
+                  f"max {max(served):.2f} s ({len(served)} clicks, references included)")
         full = plateau(report, max_open)
         if full:
             print(f"LRU full ({max_open}) at {full[0]:.0f} s: server RSS {full[1] / 2**20:.0f} MB then, "
