@@ -69,9 +69,10 @@ class MyApp(MONAILabelApp):
         image = request.get("image")
         if isinstance(image, str) and image:
             if os.path.isabs(image):
-                roots = [tempfile.gettempdir()] + ([self.studies] if os.path.isdir(self.studies) else [])
+                roots = ([self.studies] if os.path.isdir(self.studies) else [])
                 roots += [self._sessions.store_path] if self._sessions else []
-                if not inside(image, roots):
+                upload = os.path.dirname(os.path.realpath(image)) == os.path.realpath(tempfile.gettempdir())
+                if not (upload or inside(image, roots)):
                     raise invalid("images outside the studies, sessions and upload folders are refused")
             else:
                 check_name(image, "image id")
