@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.exception import ImageNotFoundException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -22,6 +24,7 @@ import lib.configs
 import lib.server_patches
 from lib.datastore import SafeLocalDatastore
 from lib.dicomweb import parse_modalities, widen_image_list
+from lib.validation import check_name, inside, invalid
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,34 @@ class MyApp(MONAILabelApp):
             description="Interactive 3D segmentation: clicks on a slice, memory propagation, multi-round fusion",
             version=VERSION,
         )
+
+    def info(self) -> dict:
+        """MONAI Label's /info, plus each model's number of open interactions (bounded by max_interactions)."""
+        meta = super().info()
+        for name, task in self._infers.items():
+            if name in meta.get("models", {}) and hasattr(task, "store"):
+                meta["models"][name]["open_interactions"] = len(task.store)
+        return meta
+
+    def infer(self, request: dict, datastore: Datastore | None = None) -> dict:
+        """Images are datastore ids, or files the server itself wrote (an upload in the temporary folder, a
+        session): MONAILabelApp.infer would read any existing path, and a bare id relative to the working folder."""
+        image = request.get("image")
+        if isinstance(image, str) and image:
+            if os.path.isabs(image):
+                roots = ([self.studies] if os.path.isdir(self.studies) else [])
+                roots += [self._sessions.store_path] if self._sessions else []
+                upload = os.path.dirname(os.path.realpath(image)) == os.path.realpath(tempfile.gettempdir())
+                if not (upload or inside(image, roots)):
+                    raise invalid("images outside the studies, sessions and upload folders are refused")
+            else:
+                check_name(image, "image id")
+                if os.path.exists(image):  # a file of that name in the server's working folder: not the image
+                    uri = (datastore or self.datastore()).get_image_uri(image)
+                    if not uri:
+                        raise ImageNotFoundException(f"Image {image} not found")
+                    request = {**request, "image": uri}
+        return super().infer(request, datastore)
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):

@@ -1,8 +1,9 @@
-"""A local datastore that never loses a saved label: atomic writes, earlier versions kept, tags checked.
+"""A local datastore that never loses a saved label: atomic writes, earlier versions kept, names checked.
 
 MONAI Label 0.8.5's LocalDatastore copies a label straight onto its final name (a server killed mid-copy leaves
-a torn file), overwrites the previous label without a trace, rewrites datastore_v2.json in place, and joins the
-label tag into a path unchecked.
+a torn file), overwrites the previous label without a trace, rewrites datastore_v2.json in place, and joins
+image ids and label tags into paths unchecked (`PUT /datastore/image?image=../../x` wrote outside the studies
+folder, `DELETE /datastore/?id=...` removed it again).
 """
 
 from __future__ import annotations
@@ -19,8 +20,26 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 from monailabel.interfaces.exception import ImageNotFoundException, MONAILabelError, MONAILabelException
 
+from lib.validation import check_name, invalid
+
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 HISTORY = ".history"
+HISTORY_KEEP = 50  # earlier versions kept per label; older ones are removed so that saves cannot fill the disk
+TEMP_PREFIXES = (".saving-", ".datastore-")
+
+
+def _fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (power loss); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_copy(src: str, dest: str) -> None:
@@ -32,30 +51,121 @@ def atomic_copy(src: str, dest: str) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
+        _fsync_dir(os.path.dirname(dest))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def keep_version(path: str, folder: str) -> str:
+    """Keep the file at `path` in `folder` as `<millis>-<name>`: a hard link (atomic, no copy; the next save renames
+    a new file over `path`, the link keeps the old one), else an atomic copy. Returns the kept file."""
+    os.makedirs(folder, exist_ok=True)
+    stem, n = f"{int(time.time() * 1000)}-{os.path.basename(path)}", 0
+    keep = os.path.join(folder, stem)
+    while os.path.exists(keep):  # two saves in one millisecond
+        n += 1
+        keep = os.path.join(folder, f"{stem.split('-', 1)[0]}.{n}-{os.path.basename(path)}")
+    try:
+        os.link(path, keep)
+    except OSError:
+        atomic_copy(path, keep)
+    _prune(folder, os.path.basename(path))
+    return keep
+
+
+def _prune(folder: str, name: str, keep: int = HISTORY_KEEP) -> None:
+    def stamp(f: str) -> float:
+        try:
+            return float(f.split("-", 1)[0])
+        except ValueError:
+            return float("inf")  # not ours: never removed
+
+    versions = sorted((f for f in os.listdir(folder) if f.partition("-")[2] == name and stamp(f) != float("inf")),
+                      key=stamp)
+    for old in versions[:-keep] if len(versions) > keep else []:
+        os.remove(os.path.join(folder, old))
+
+
+def check_tag(label_tag: object) -> str:
+    if not isinstance(label_tag, str) or not TAG.fullmatch(label_tag):
+        raise MONAILabelException(MONAILabelError.INVALID_INPUT,
+                                  "label tag must be letters, digits, '_', '.' or '-' (at most 64)")
+    return label_tag
+
+
 class SafeLocalDatastore(LocalDatastore):
+    def __init__(self, datastore_path: str, *args, **kwargs) -> None:
+        super().__init__(datastore_path, *args, **kwargs)
+        self._remove_leftovers()
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of saves a killed server never finished (the label they were for is intact). Under the
+        datastore lock, so a save in progress in another process (training) is not touched."""
+        with FileLock(self._lock_file):
+            folders = [self._datastore_path, self._datastore.label_path(None)]
+            labels = self._datastore.label_path(None)
+            folders += [os.path.join(labels, d) for d in os.listdir(labels) if os.path.isdir(os.path.join(labels, d))]
+            folders += [os.path.join(f, HISTORY) for f in folders if os.path.isdir(os.path.join(f, HISTORY))]
+            for folder in folders:
+                for f in os.listdir(folder):
+                    if f.startswith(TEMP_PREFIXES) and os.path.isfile(os.path.join(folder, f)):
+                        os.remove(os.path.join(folder, f))
+
+    def _check_ext(self, filename: str, what: str) -> str:
+        _, ext = self._to_id(os.path.basename(filename))
+        allowed = [e.replace("*", "") for e in self._extensions]
+        if ext not in allowed:
+            raise invalid(f"{what} must be one of {allowed}; got a {ext or 'nameless'} file")
+        return ext
+
+    # -- every id or tag that becomes part of a path is checked first -----------------------------------------
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        check_name(image_id or self._to_id(os.path.basename(image_filename))[0], "image id")
+        self._check_ext(image_filename, "image file")
+        return super().add_image(image_id, image_filename, image_info)
+
+    def remove_image(self, image_id: str) -> None:
+        super().remove_image(check_name(image_id, "image id"))
+        self.refresh()  # with auto reload, 0.8.5 left the listing to the file watcher: a list right after still had it
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        super().remove_label(check_name(label_id, "label id"), check_tag(label_tag))
+        self.refresh()
+
+    def get_image_uri(self, image_id: str) -> str:
+        return super().get_image_uri(check_name(image_id, "image id"))
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        return super().get_label_uri(check_name(label_id, "label id"), check_tag(label_tag))
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        return super().get_image_info(check_name(image_id, "image id"))
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        return super().get_label_info(check_name(label_id, "label id"), check_tag(label_tag))
+
+    def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        return super().update_image_info(check_name(image_id, "image id"), info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        return super().update_label_info(check_name(label_id, "label id"), check_tag(label_tag), info)
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """LocalDatastore.save_label, with the tag checked, the replaced label kept and the copy atomic."""
-        if not isinstance(label_tag, str) or not TAG.fullmatch(label_tag):
-            raise MONAILabelException(MONAILabelError.INVALID_INPUT,
-                                      "label tag must be letters, digits, '_', '.' or '-' (at most 64)")
+        """LocalDatastore.save_label, with the names checked, the replaced label kept and the copy atomic."""
+        check_tag(label_tag)
+        check_name(image_id, "image id")
         obj = self._datastore.objects.get(image_id)
         if not obj:
             raise ImageNotFoundException(f"Image {image_id} not found")
-        _, label_ext = self._to_id(os.path.basename(label_filename))
+        label_ext = self._check_ext(label_filename, "label file")
         label_path = self._datastore.label_path(label_tag)
         name = self._filename(image_id, label_ext)
         dest = os.path.join(label_path, name)
         with FileLock(self._lock_file):
             os.makedirs(label_path, exist_ok=True)
             if os.path.exists(dest):  # keep the version this save replaces
-                keep = os.path.join(label_path, HISTORY)
-                os.makedirs(keep, exist_ok=True)
-                shutil.copy2(dest, os.path.join(keep, f"{int(time.time() * 1000)}-{name}"))
+                keep_version(dest, os.path.join(label_path, HISTORY))
             atomic_copy(label_filename, dest)
             info = dict(label_info or {})
             info.update({"ts": int(time.time()), "name": name})
@@ -73,6 +183,7 @@ class SafeLocalDatastore(LocalDatastore):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self._datastore_config_path)
+            _fsync_dir(os.path.dirname(self._datastore_config_path))
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
         if lock:

@@ -2,7 +2,16 @@
 
 - client mistakes it answers with HTTP 500 become 4xx with a message: `params` is parsed with json.loads, and
   unknown images or models raise MONAILabelException;
-- the bundled OHIF viewer: files in sub-folders were answered with index.html (`os.pathsep` for `/`).
+- the bundled OHIF viewer: files in sub-folders were answered with index.html (`os.pathsep` for `/`);
+- ids that become paths: `POST /infer/M?image=/any/file` (or `../..`, or `"image"` inside `params`) read files
+  outside the studies folder, and session ids were joined into the sessions folder unchecked;
+- unknown model, strategy or scoring names were HTTP 500 (`PUT /model/x`, `/activelearning/x`) or started a
+  subprocess bound to fail (`/train/x`, `/scoring/x`, `/batch/infer/x`): now 404 before anything runs;
+- `PUT /model/limnet` copied any upload over the served weights in place (garbage broke every later click):
+  now the upload must load as LIM-Net weights, the previous file is kept and the swap is atomic;
+- authentication (MONAI_LABEL_AUTH_ENABLE): every token was refused with 401, valid ones too (0.8.5 calls
+  PyJWT 2's `jwt.decode` without `algorithms`); a wrong password at `/auth/token` and an unreachable identity
+  provider were HTTP 500.
 
 And one addition: when a client fetches an image (`GET /datastore/image`, as Slicer does before the first click),
 the infer tasks start reading and normalising it in the background, so the first click does not pay for it.
@@ -10,6 +19,7 @@ the infer tasks start reading and normalising it in the background, so the first
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import mimetypes
@@ -17,6 +27,7 @@ import os
 import sys
 import threading
 
+import requests
 from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from monailabel.interfaces.exception import (
@@ -26,8 +37,11 @@ from monailabel.interfaces.exception import (
     MONAILabelException,
 )
 
+from lib.validation import check_name, invalid
+
 logger = logging.getLogger(__name__)
 
+JWT_ALGORITHMS = ["RS256", "RS384", "RS512"]  # what Keycloak signs with; never "none" or HMAC with a public key
 
 async def _bad_json(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": f"params is not valid JSON: {exc.msg} at {exc.pos}"})
@@ -42,6 +56,130 @@ async def _monailabel_error(request: Request, exc: MONAILabelException) -> JSONR
         logger.error("server error: %s", exc.msg)
         return JSONResponse(status_code=500, content={"detail": str(exc.msg)})
     return JSONResponse(status_code=status, content={"detail": str(exc.msg)})
+
+
+async def _upstream_error(request: Request, exc: requests.RequestException) -> JSONResponse:
+    """A service the server calls (identity provider, DICOMweb) refused or failed: not the server's own fault."""
+    code = exc.response.status_code if getattr(exc, "response", None) is not None else None
+    if request.url.path.rstrip("/").endswith("/auth/token") and code in (400, 401, 403):
+        return JSONResponse(status_code=401, content={"detail": "invalid username or password"},
+                            headers={"WWW-Authenticate": "Bearer"})
+    logger.error("upstream service error on %s: %s", request.url.path, exc)
+    return JSONResponse(status_code=502, content={"detail": f"an upstream service failed ({type(exc).__name__})"})
+
+
+def _checked_params(params: str) -> None:
+    try:
+        p = json.loads(params) if params else {}
+    except json.JSONDecodeError:
+        return  # the endpoint's own parse reports it (422)
+    if isinstance(p, dict):
+        for key in ("image", "session"):
+            if key in p:
+                raise invalid(f"params may not set '{key}': name the image with the 'image' query parameter")
+
+
+def _guard_infer(run_inference):
+    @functools.wraps(run_inference)
+    def guarded(background_tasks, model, image="", session_id="", params="{}", file=None, label=None, output=None):
+        if image:
+            check_name(image, "image id")
+        if session_id:
+            check_name(session_id, "session id")
+        _checked_params(params)
+        return run_inference(background_tasks, model, image, session_id, params, file, label, output)
+
+    return guarded
+
+
+def _guard_session(fn):
+    @functools.wraps(fn)
+    def guarded(session_id: str, *args, **kwargs):
+        return fn(check_name(session_id, "session id"), *args, **kwargs)
+
+    return guarded
+
+
+def _require_known(fn, attr: str, what: str, position: int):
+    """Answer 404 unless the name argument at `position` is one of the app's `attr` (infers, trainers, ...)."""
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        from monailabel.interfaces.utils.app import app_instance
+
+        name = args[position] if len(args) > position else next(iter(kwargs.values()), None)
+        known = getattr(app_instance(), attr, {}) or {}
+        if name not in known:
+            raise HTTPException(status_code=404, detail=f"no {what} named {str(name)[:80]!r}; available: {sorted(known)}")
+        return fn(*args, **kwargs)
+
+    return guarded
+
+
+def _update_model(original):
+    """PUT /model/NAME for LIM-Net: the upload must load as LIM-Net weights; the previous file is kept as
+    NAME.prev.pt and the new one renamed into place (a reader never sees half a file)."""
+
+    @functools.wraps(original)
+    def update(background_tasks, model, file):
+        import shutil
+        import tempfile
+
+        from monailabel.interfaces.utils.app import app_instance
+        from monailabel.utils.others.generic import file_checksum
+
+        from lib.infers.limnet import LimNetInfer
+        from lib.net.bundle import LimNet
+
+        task = app_instance()._infers.get(model)
+        if not isinstance(task, LimNetInfer):
+            return original(background_tasks, model, file)
+        target = task.path[-1] if isinstance(task.path, (list, tuple)) else task.path
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=".upload-", suffix=".pt")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(file.file, out)
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                LimNet.load(tmp)
+            except Exception as e:
+                raise invalid(f"the upload is not LIM-Net weights ({type(e).__name__}); the served model is unchanged") from e
+            if os.path.exists(target):
+                shutil.copy2(target, target.replace(".pt", ".prev.pt"))
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        s = os.stat(target)
+        return {"checksum": file_checksum(target), "modified_time": int(s.st_mtime)}
+
+    return update
+
+
+def from_token(token: str):
+    """monailabel.endpoints.user.auth.from_token with the signature algorithms named (PyJWT 2 refuses every
+    token otherwise) and an expiry required; the key is the realm's `public_key`, as before."""
+    import jwt
+    from monailabel.config import settings
+    from monailabel.endpoints.user import auth
+
+    if not settings.MONAI_LABEL_AUTH_ENABLE:
+        return auth.DEFAULT_USER
+    try:
+        key = auth.get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
+    except (requests.RequestException, KeyError, ValueError) as e:
+        logger.error("cannot fetch the realm's public key from %s: %s", settings.MONAI_LABEL_AUTH_REALM_URI, e)
+        raise HTTPException(status_code=503, detail="the identity provider is unreachable") from e
+    payload = jwt.decode(token, key, algorithms=JWT_ALGORITHMS,
+                         options={"verify_signature": True, "verify_aud": False, "verify_exp": True, "require": ["exp"]})
+    roles = payload
+    for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
+        roles = roles.get(part) if isinstance(roles, dict) else None
+    return auth.User(username=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME),
+                     email=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL),
+                     name=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME),
+                     roles=list(roles) if isinstance(roles, list) else [])
 
 
 for ext, mime in ((".js", "application/javascript"), (".mjs", "application/javascript"), (".wasm", "application/wasm"),
@@ -99,12 +237,34 @@ def install() -> None:
     server = sys.modules.get("monailabel.app")
     if server is None or not hasattr(server, "app"):
         return
+    import monailabel.endpoints.activelearning as activelearning
+    import monailabel.endpoints.batch_infer as batch_infer
+    import monailabel.endpoints.infer as infer
+    import monailabel.endpoints.model as model
     import monailabel.endpoints.ohif as ohif
+    import monailabel.endpoints.scoring as scoring
+    import monailabel.endpoints.session as session
+    import monailabel.endpoints.train as train
+    from monailabel.endpoints.user import auth
 
-    ohif.get_ohif = get_ohif  # the route looks the function up by name on every request
+    # the routes look these functions up by name on every request
+    ohif.get_ohif = get_ohif
+    auth.from_token = from_token
+    if not getattr(infer.run_inference, "__wrapped__", None):  # once per process
+        infer.run_inference = _guard_infer(infer.run_inference)
+        session.get_session = _guard_session(session.get_session)
+        session.remove_session = _guard_session(session.remove_session)
+        for name in ("model_info", "download_model", "delete_model"):
+            setattr(model, name, _require_known(getattr(model, name), "_infers", "model", 0))
+        model.update_model = _require_known(_update_model(model.update_model), "_infers", "model", 1)
+        train.run_model = _require_known(train.run_model, "_trainers", "trainer", 0)
+        batch_infer.run = _require_known(batch_infer.run, "_infers", "model", 0)
+        scoring.run_method = _require_known(scoring.run_method, "_scoring_methods", "scoring method", 0)
+        activelearning.sample = _require_known(activelearning.sample, "_strategies", "strategy", 0)
     app = server.app
     app.add_exception_handler(json.JSONDecodeError, _bad_json)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
+    app.add_exception_handler(requests.RequestException, _upstream_error)
     app.middleware_stack = None  # rebuilt on the next request, now with these handlers
     app.middleware("http")(_prefetch_fetched_images)
     app.middleware_stack = None

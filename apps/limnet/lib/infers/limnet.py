@@ -18,6 +18,7 @@ import torch
 from fastapi import HTTPException
 from monai.data import MetaTensor
 from monai.transforms import LoadImaged
+from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
@@ -25,6 +26,7 @@ from lib.engine.geometry import normalize_intensity
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
+from lib.validation import check_image_complete, check_image_header, check_volume
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +123,17 @@ class VolumeCache:
                 hit = self._items.get(path)
                 if hit and hit[0] == sig:
                     return hit[1]
+            check_image_header(path)  # what ITK does not check: oversized volumes, truncated NIfTI
             try:
                 raw = self._loader({"image": path})["image"]
+            except MONAILabelException:
+                raise
             except Exception as e:  # corrupt, truncated or unsupported file
-                raise _bad_request(f"could not read the image: {type(e).__name__}") from e
+                logger.warning("could not read %s: %s", path, e)
+                raise _bad_request("could not read the image: the file is corrupt, truncated or not a NIfTI/NRRD "
+                                   f"volume ({type(e).__name__})") from e
+            check_image_complete(path, raw)
+            check_volume(raw)
             image = prepare_image(raw)
             del raw
             with self._lock:
