@@ -171,8 +171,9 @@ def _segment_in_ohif(page, stack) -> dict:
     # connect the MONAI Label panel to our server
     page.fill("#monailabelServerURL", server + "/")
     page.click(".monaiLabelPanel button.actionButton")
-    page.wait_for_function("() => window.services.segmentationService.getLabelmapVolume('1') != null",
-                           timeout=60_000)
+    # the panel creates the labelmap after connecting; until then getLabelmapVolume throws (no segmentation yet)
+    page.wait_for_function("() => { try { return window.services.segmentationService.getLabelmapVolume('1') != null; }"
+                           " catch (e) { return false; } }", timeout=60_000)
     page.click(".monaiLabelPanel label.tab-label:has-text('Point Prompts')")
     page.locator(f"{PANEL} select.selectBox").select_option("limnet")
     page.locator(f"{PANEL} tr.clickable-row", has_text="object").click()
@@ -199,9 +200,9 @@ def _segment_in_ohif(page, stack) -> dict:
     with page.expect_response(lambda r: "/infer/limnet" in r.url, timeout=300_000) as answer:
         page.click(f"{PANEL} button[title='Run PointPrompts']")
     response = answer.value
-    page.wait_for_function("""() => { const a = window.services.segmentationService.getLabelmapVolume('1')
+    page.wait_for_function("""() => { try { const a = window.services.segmentationService.getLabelmapVolume('1')
         .voxelManager.getCompleteScalarDataArray(); for (let x = 0; x < a.length; x++) if (a[x]) return true;
-        return false; }""", timeout=60_000, polling=500)
+        return false; } catch (e) { return false; } }""", timeout=60_000, polling=500)
     t_mask = time.time() - t0
     page.get_by_text("Running Inference for Point Prompts - Successful").wait_for(state="hidden", timeout=15_000)
     page.wait_for_timeout(500)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -96,6 +97,8 @@ def check_tag(label_tag: object) -> str:
 
 class SafeLocalDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, *args, **kwargs) -> None:
+        # 0.8.5's file watcher thread reconciles the index while a request removes or lists images: one at a time
+        self._mutex = threading.RLock()
         super().__init__(datastore_path, *args, **kwargs)
         self._remove_leftovers()
 
@@ -125,13 +128,19 @@ class SafeLocalDatastore(LocalDatastore):
         self._check_ext(image_filename, "image file")
         return super().add_image(image_id, image_filename, image_info)
 
+    def refresh(self) -> None:
+        with self._mutex:
+            super().refresh()
+
     def remove_image(self, image_id: str) -> None:
-        super().remove_image(check_name(image_id, "image id"))
-        self.refresh()  # with auto reload, 0.8.5 left the listing to the file watcher: a list right after still had it
+        with self._mutex:
+            super().remove_image(check_name(image_id, "image id"))
+            self.refresh()  # with auto reload, 0.8.5 left the listing to the file watcher: a list right after had it
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        super().remove_label(check_name(label_id, "label id"), check_tag(label_tag))
-        self.refresh()
+        with self._mutex:
+            super().remove_label(check_name(label_id, "label id"), check_tag(label_tag))
+            self.refresh()
 
     def get_image_uri(self, image_id: str) -> str:
         return super().get_image_uri(check_name(image_id, "image id"))
