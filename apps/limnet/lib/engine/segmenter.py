@@ -135,16 +135,24 @@ class LimNetSegmenter:
             return found if trusted or extent is None else extent
         return extent
 
-    def _full_slice_extent(self, image: np.ndarray, k: int, pos: list, neg: list) -> tuple[int, int, int, int] | None:
-        """The clicked component of one pass over the whole slice (the search's last resort; kept for ablation)."""
+    def _clicked_component(self, image: np.ndarray, box: Box, k: int, pos: list,
+                           neg: list) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """The interaction module's answer on slice k inside `box`: the components the positive clicks fall on
+        (H x W mask) and their (xmin, xmax, ymin, ymax); None if no click falls on one."""
         h, w = image.shape[:2]
-        full = Box.around(0, h - 1, 0, w - 1, 1.0, 8)
-        lab, _ = ndi.label(paste_slices(self._interact(image, full, k, pos, neg)[None], full, (h, w))[:, :, 0] > 0.5)
+        lab, _ = ndi.label(paste_slices(self._interact(image, box, k, pos, neg)[None], box, (h, w))[:, :, 0] > 0.5)
         ids = list({lab[x, y] for x, y in pos} - {0})
         if not ids:
             return None
-        sl = ndi.find_objects(np.isin(lab, ids).astype(np.uint8))[0]
-        return sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1
+        comp = np.isin(lab, ids)
+        sl = ndi.find_objects(comp.astype(np.uint8))[0]
+        return comp, (sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1)
+
+    def _full_slice_extent(self, image: np.ndarray, k: int, pos: list, neg: list) -> tuple[int, int, int, int] | None:
+        """The clicked component of one pass over the whole slice (the search's last resort; kept for ablation)."""
+        h, w = image.shape[:2]
+        found = self._clicked_component(image, Box.around(0, h - 1, 0, w - 1, 1.0, 8), k, pos, neg)
+        return None if found is None else found[1]
 
     def _object_extent(self, image: np.ndarray, k: int, pos: list, neg: list, start: int = 24,
                        grow: float = 1.5, agree: float = 0.6, fill: float = 0.4, with_trust: bool = False):
@@ -165,14 +173,10 @@ class LimNetSegmenter:
             if box.size < max(h, w) and not shows_structure(image, box, k):
                 size = int(np.ceil(box.size * grow))
                 continue
-            prob = paste_slices(self._interact(image, box, k, pos, neg)[None], box, (h, w))[:, :, 0]
-            lab, _ = ndi.label(prob > 0.5)
-            ids = list({lab[x, y] for x, y in pos} - {0})
+            found = self._clicked_component(image, box, k, pos, neg)
             current = None
-            if ids:
-                comp = np.isin(lab, ids)
-                sl = ndi.find_objects(comp.astype(np.uint8))[0]
-                extent = (sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1)
+            if found is not None:
+                comp, extent = found
                 touches = ((extent[0] <= box.x0 and box.x0 > 0) or (extent[1] >= box.x1 - 1 and box.x1 < h)
                            or (extent[2] <= box.y0 and box.y0 > 0) or (extent[3] >= box.y1 - 1 and box.y1 < w))
                 if not touches:
