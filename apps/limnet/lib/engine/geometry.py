@@ -81,6 +81,25 @@ class Box:
         return (x - self.x0 + 0.5) * s - 0.5, (y - self.y0 + 0.5) * s - 0.5
 
 
+Region = tuple[slice, slice, slice]  # a block of the volume outside which a mask holds no voxel
+
+
+def enclosing_region(box: "Box", slices: list[int], points: list[tuple[int, int, int]],
+                     shape: tuple[int, int, int]) -> Region:
+    """The block spanned by a box (clipped to the image) on `slices`, grown to hold `points`."""
+    xs = [max(box.x0, 0), min(box.x1, shape[0]) - 1] + [p[0] for p in points]
+    ys = [max(box.y0, 0), min(box.y1, shape[1]) - 1] + [p[1] for p in points]
+    ks = list(slices) + [p[2] for p in points]
+    return slice(min(xs), max(xs) + 1), slice(min(ys), max(ys) + 1), slice(min(ks), max(ks) + 1)
+
+
+def region_union(a: Region | None, b: Region | None) -> Region | None:
+    """The smallest block holding both (either may be None: no voxel)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))  # type: ignore[return-value]
+
+
 def extent_xy(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(xmin, xmax, ymin, ymax) of a non-empty H x W x N mask, from axis projections (no list of every voxel)."""
     xs, ys = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0]

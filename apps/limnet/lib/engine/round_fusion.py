@@ -7,7 +7,7 @@ import torch
 
 from lib.net.fusion import SliceScorer
 
-from .geometry import Box, crop_slices, extent_xy
+from .geometry import Box, Region, crop_slices, extent_xy
 
 SCORER_SIZE = 64
 
@@ -36,13 +36,16 @@ class RoundFusion:
             p = (torch.sigmoid(self.scorer(img, mp, mn)) + 1 - torch.sigmoid(self.scorer(img, mn, mp))) / 2
         return p.float().cpu().numpy()
 
-    def fuse(self, image: np.ndarray, prev: np.ndarray, new: np.ndarray, clicked: set[int]) -> tuple[np.ndarray, list[int]]:
-        """The fused mask and the slices where round t was kept."""
-        changed = np.nonzero((prev != new).any(axis=(0, 1)))[0]
+    def fuse(self, image: np.ndarray, prev: np.ndarray, new: np.ndarray, clicked: set[int],
+             region: Region | None = None) -> tuple[np.ndarray, list[int]]:
+        """The fused mask (`new` itself when no slice is reverted) and the slices where round t was kept. `region`: a block
+        holding every voxel of both masks (None: the whole volume); nothing outside it is read."""
+        region = region or tuple(slice(0, n) for n in new.shape)
+        changed = np.nonzero((prev[region] != new[region]).any(axis=(0, 1)))[0] + region[2].start
         candidates = [int(k) for k in changed if int(k) not in clicked]
         p = self.prefer_previous(image, prev, new, candidates)
         kept = [k for k, pk in zip(candidates, p) if pk > self.threshold]
-        fused = new.copy()
         if kept:
-            fused[:, :, kept] = prev[:, :, kept]
-        return fused, kept
+            new = new.copy(order="A")
+            new[:, :, kept] = prev[:, :, kept]
+        return new, kept

@@ -14,14 +14,17 @@ from lib.net.bundle import WORKING_SIZE, LimNet
 
 from .geometry import (
     Box,
+    Region,
     box_window,
     click_maps,
     crop_slices,
+    enclosing_region,
     extent_xy,
     neighbour_indices,
     normalize_intensity,
     paste_mask,
     paste_slices,
+    region_union,
     shows_structure,
 )
 from .propagation import PropagationConfig, SliceFeatures, propagate
@@ -97,9 +100,10 @@ class LimNetSegmenter:
         h, w, _ = state.image.shape
         pts = [p for pos, neg in by_slice.values() for p in pos + neg]
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-        if state.mask is not None and state.mask.any():
-            x0, x1, y0, y1 = extent_xy(state.mask)
-            xs, ys = xs + [x0, x1], ys + [y0, y1]
+        if state.mask is not None and state.mask_voxels():
+            x0, x1, y0, y1 = extent_xy(state.mask[state.region])
+            ox, oy = state.region[0].start, state.region[1].start
+            xs, ys = xs + [x0 + ox, x1 + ox], ys + [y0 + oy, y1 + oy]
             box = Box.around(min(xs), max(xs), min(ys), max(ys), 1.4, 32).clamp_to((h, w))
             old = state.box
             if old is not None and old.size <= 1.5 * box.size and min(xs) >= old.x0 + 2 and max(xs) < old.x1 - 2 \
@@ -223,20 +227,22 @@ class LimNetSegmenter:
             state.probs, state.probs_features = probs, state.features
             break
         state.uncertainty = self.mask_entropy(probs)
-        mask = np.zeros(shape, bool)
+        mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
         ks = sorted(probs)
         for i in range(0, len(ks), 32):
             chunk = ks[i : i + 32]
             paste_mask(torch.stack([probs[k] for k in chunk]), box, mask, chunk, self.propagation.threshold)
-        mask = self._keep_clicked_components(mask, foreground)
+        region = enclosing_region(box, ks, list(foreground), shape)
+        mask = self._keep_clicked_components(mask, foreground, region)
         for x, y, k in foreground:
             mask[x, y, k] = True
         for x, y, k in background:
             mask[x, y, k] = False
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
-            mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice))
+            region = region_union(region, state.region)
+            mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
             logger.info("round %d: kept the previous round on %d slices", state.rounds + 1, len(kept))
-        state.mask, state.box = mask, box
+        state.mask, state.region, state.box = mask, region, box
         state.foreground = [tuple(map(int, c)) for c in foreground]
         state.background = [tuple(map(int, c)) for c in background]
         state.rounds += 1
@@ -269,14 +275,15 @@ class LimNetSegmenter:
         return Box.around(box.x0, box.x1 - 1, box.y0, box.y1 - 1, 1.5, 32).clamp_to(shape)
 
     @staticmethod
-    def _keep_clicked_components(mask: np.ndarray, foreground: list[Click]) -> np.ndarray:
-        """Drop 3D components that no positive click touches (leaks into neighbours); keep all if none does."""
+    def _keep_clicked_components(mask: np.ndarray, foreground: list[Click], region: Region) -> np.ndarray:
+        """Drop 3D components that no positive click touches (leaks into neighbours); keep all if none does.
+        Only `region` (where the round pasted its mask) is read: cost follows the object, not the volume."""
         if not foreground:
             return mask
-        found = ndi.find_objects(mask.astype(np.uint8))
+        found = ndi.find_objects(mask[region].view(np.uint8))
         if not found or found[0] is None:
             return mask
-        box = found[0]  # label only inside the mask's bounding box: cost follows the object
+        box = tuple(slice(s.start + r.start, s.stop + r.start) for s, r in zip(found[0], region))
         lab, n = ndi.label(mask[box])
         if n <= 1:
             return mask
@@ -285,6 +292,5 @@ class LimNetSegmenter:
                if all(s.start <= c < s.stop for c, s in zip(click, box))} - {0}
         if not ids:
             return mask
-        out = np.zeros_like(mask)
-        out[box] = np.isin(lab, list(ids))
-        return out
+        mask[box] = np.isin(lab, list(ids))
+        return mask

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import Box
+from .geometry import Box, Region
 
 Click = tuple[int, int, int]
 
@@ -24,13 +24,17 @@ class InteractionState:
     image: np.ndarray  # normalised H x W x D volume
     foreground: list[Click] = field(default_factory=list)
     background: list[Click] = field(default_factory=list)
-    mask: np.ndarray | None = None  # last round's fused mask (bool, H x W x D)
+    mask: np.ndarray | None = None  # last round's fused mask (bool, H x W x D, Fortran order as NRRD writes it)
+    region: Region | None = None  # the block of `mask` that can hold voxels: later work stays inside it
     box: Box | None = None
     features: object | None = None  # SliceFeatures for `box`, reused by later rounds
     probs: dict | None = None  # last round's working-grid probabilities per slice (before pasting and fusion)
     probs_features: object | None = None  # the SliceFeatures `probs` were computed on
     rounds: int = 0
     uncertainty: float = 0.0  # mean mask entropy of the last round (active learning's signal)
+
+    def mask_voxels(self) -> int:
+        return 0 if self.mask is None or self.region is None else int(np.count_nonzero(self.mask[self.region]))
 
     def extends(self, foreground: list[Click], background: list[Click]) -> bool:
         """True when the new click lists start with this state's clicks and add at least one."""

@@ -28,6 +28,8 @@ from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
 from lib.validation import check_image_complete, check_image_header, check_volume
 
+from .result_writer import write_label_nrrd
+
 logger = logging.getLogger(__name__)
 
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd")
@@ -250,8 +252,19 @@ class LimNetInfer(BasicInferTask):
             mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion)
         self.store.put(key, state)
         data["pred"] = MetaTensor(torch.from_numpy(mask.view(np.uint8)), affine=image.affine)
-        data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": int(mask.sum())}
+        data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": state.mask_voxels()}
         return data
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+        """NRRD answers straight from the mask's buffer (`result_writer`); NIfTI through MONAI Label's writer."""
+        ext = extension or data.get("result_extension") or ".nrrd"
+        if ext != ".nrrd":
+            return super().writer(data, extension, dtype)
+        pred = data["pred"]
+        compress = str(data.get("result_compress", False)).lower() in ("1", "true", "yes")
+        mask = pred.as_tensor().cpu().numpy()  # not `.array`, which copies the Fortran-ordered buffer into C order
+        path = write_label_nrrd(mask, pred.affine, dtype or data.get("result_dtype") or "uint8", compress)
+        return path, data.get("result", {})
 
     def __call__(self, request, callbacks=None):
         file, result = super().__call__(request, callbacks)
