@@ -29,6 +29,7 @@ VARIANTS = {
     "window": dict(box_search="full", local_window=True),
     "search+window": dict(box_search="search", local_window=True),
     "guarded+window": dict(box_search="guarded", local_window=True),
+    "guarded+window-split": dict(box_search="guarded", local_window=True, split_leaks=False),
 }
 
 

@@ -98,3 +98,14 @@ def test_segmenter_rounds_never_fall_far(net):
     assert pred.shape == label.shape
     assert scores[0] > 0.6 and scores[-1] > 0.75, scores
     assert all(b >= a - 0.05 for a, b in zip(scores, scores[1:])), scores
+
+
+def test_negative_click_on_a_leak_keeps_the_object_core() -> None:
+    """A negative click on a lobe grown onto the object points at the lobe: the core away from it is kept as a
+    positive cue; a click in the middle of a lone blob (a false object) leaves no core, so the blob goes."""
+    x, y = np.ogrid[:80, :80]
+    core = (x - 30) ** 2 + (y - 30) ** 2 < 15**2
+    lobe = (x - 30) ** 2 + (y - 52) ** 2 < 6**2
+    found = LimNetSegmenter._core_away_from(core | lobe, [(30, 53)])
+    assert found is not None and core[found] and (found[0] - 30) ** 2 + (found[1] - 30) ** 2 < 5**2
+    assert LimNetSegmenter._core_away_from(core, [(30, 30)]) is None

@@ -39,12 +39,13 @@ class LimNetSegmenter:
 
     def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
                  propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
-                 box_search: str = "guarded", local_window: bool = True) -> None:
+                 box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
-        intensity window (else the volume's)."""
-        self.box_search, self.local_window = box_search, local_window
+        intensity window (else the volume's); `split_leaks`: a negative click on a leak grown onto the object
+        removes the leak, not the object with it (`_trimmed`)."""
+        self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.use_fusion = use_fusion
@@ -75,21 +76,51 @@ class LimNetSegmenter:
         with torch.inference_mode(), self._autocast():
             return torch.sigmoid(self.net.interaction(x))[0, 0].float()
 
-    @staticmethod
-    def _trimmed(state: InteractionState, k: int, negative: list) -> np.ndarray | None:
-        """The prompt of a slice that only got negative clicks: the last round's mask there without the regions
-        the clicks fall in (the interaction module sees clicks, not the previous mask). None before the first round."""
+    def _trimmed(self, state: InteractionState, box: Box, k: int, negative: list) -> np.ndarray | None:
+        """The prompt of a slice that only got negative clicks: the last round's mask there, less what the clicks
+        point at (None before the first round). A negative click only removes: the prompt stays inside the last
+        mask. Where a clicked component has a thicker core away from the click (a leak grown onto the object, as
+        a touching neighbour), the click points at the leak: the interaction module separates it, with the core
+        as a positive click; otherwise the whole component goes (a false object)."""
         if state.mask is None:
             return None
-        if not state.mask[:, :, k].any():
-            return state.mask[:, :, k]
-        lab, _ = ndi.label(state.mask[:, :, k])
-        drop = {lab[x, y] for x, y in negative} - {0}
-        return state.mask[:, :, k] & ~np.isin(lab, list(drop))
+        last = state.mask[:, :, k]
+        if not last.any():
+            return last
+        lab, _ = ndi.label(last)
+        out = last.copy()
+        for comp_id in {lab[x, y] for x, y in negative} - {0}:
+            comp = lab == comp_id
+            out &= ~comp
+            core = self._core_away_from(comp, [(x, y) for x, y in negative if comp[x, y]]) if self.split_leaks else None
+            if core is not None:
+                h, w = last.shape
+                answer = paste_slices(self._interact(state.image, box, k, [core], negative)[None], box, (h, w))
+                out |= comp & (answer[:, :, 0] > 0.5)
+        return out
+
+    @staticmethod
+    def _core_away_from(comp: np.ndarray, clicks: list[tuple[int, int]]) -> tuple[int, int] | None:
+        """The deepest point of a 2D component farther from every click than twice the click's own depth, if it
+        lies deeper than the clicks: the thick part the clicks did not point at."""
+        sl = ndi.find_objects(comp.astype(np.uint8))[0]
+        depth = ndi.distance_transform_edt(np.pad(comp[sl], 1))[1:-1, 1:-1]
+        xs, ys = np.ogrid[sl[0].start : sl[0].stop, sl[1].start : sl[1].stop]
+        far = np.ones(depth.shape, bool)
+        click_depth = 0.0
+        for x, y in clicks:
+            d = depth[x - sl[0].start, y - sl[1].start]
+            click_depth = max(click_depth, d)
+            far &= (xs - x) ** 2 + (ys - y) ** 2 > (2 * d + 2) ** 2
+        candidates = np.where(far, depth, 0)
+        i = np.unravel_index(int(np.argmax(candidates)), candidates.shape)
+        if candidates[i] <= max(click_depth, 1.0):
+            return None
+        return int(i[0] + sl[0].start), int(i[1] + sl[1].start)
 
     def _anchor(self, state: InteractionState, box: Box, k: int, pos: list, neg: list) -> torch.Tensor:
         if not pos:
-            trimmed = self._trimmed(state, k, neg)
+            trimmed = self._trimmed(state, box, k, neg)
             if trimmed is not None:
                 t = crop_slices(trimmed[:, :, None].astype(np.float32), box, np.array([[0]]), self.size)[0, 0]
                 return (t > 0.5).float().to(self.device)
