@@ -109,3 +109,16 @@ def test_negative_click_on_a_leak_keeps_the_object_core() -> None:
     found = LimNetSegmenter._core_away_from(core | lobe, [(30, 53)])
     assert found is not None and core[found] and (found[0] - 30) ** 2 + (found[1] - 30) ** 2 < 5**2
     assert LimNetSegmenter._core_away_from(core, [(30, 30)]) is None
+
+
+def test_a_round_leaves_slices_nearer_to_earlier_clicks_alone() -> None:
+    """Local rounds: a new click on slice 20 re-decides slices 16.. (nearer to it than to slice 10's earlier
+    click); slices up to 14 stay as the last round had them, 15 (a tie) goes to the new click."""
+    from lib.engine.state import InteractionState
+
+    state = InteractionState(image=np.zeros((8, 8, 30), np.float32), foreground=[(1, 1, 10)])
+    state.mask, state.region = np.ones((8, 8, 30), bool), (slice(0, 8), slice(0, 8), slice(2, 28))
+    kept = LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20)], [], (slice(0, 8), slice(0, 8),
+                                                                                 slice(5, 30)))
+    assert kept == list(range(2, 15))
+    assert LimNetSegmenter._settled_slices(state, [(1, 1, 10)], [(3, 3, 10)], state.region) == []

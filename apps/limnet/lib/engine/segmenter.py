@@ -39,13 +39,16 @@ class LimNetSegmenter:
 
     def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
                  propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
-                 box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True) -> None:
+                 box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True,
+                 local_rounds: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
         intensity window (else the volume's); `split_leaks`: a negative click on a leak grown onto the object
-        removes the leak, not the object with it (`_trimmed`)."""
+        removes the leak, not the object with it (`_trimmed`); `local_rounds`: a round changes only the slices
+        nearer to a newly clicked slice than to an earlier clicked one (`_settled_slices`)."""
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
+        self.local_rounds = local_rounds
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.use_fusion = use_fusion
@@ -269,6 +272,12 @@ class LimNetSegmenter:
             mask[x, y, k] = True
         for x, y, k in background:
             mask[x, y, k] = False
+        if self.local_rounds and state.mask is not None:
+            kept_old = self._settled_slices(state, foreground, background, region)
+            for k in kept_old:
+                mask[:, :, k] = state.mask[:, :, k]
+            if kept_old:
+                region = region_union(region, state.region)
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             region = region_union(region, state.region)
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
@@ -278,6 +287,24 @@ class LimNetSegmenter:
         state.background = [tuple(map(int, c)) for c in background]
         state.rounds += 1
         return mask
+
+    @staticmethod
+    def _settled_slices(state: InteractionState, foreground: list[Click], background: list[Click],
+                        region: Region) -> list[int]:
+        """Slices this round leaves as the last round had them: those nearer (along the slice axis) to a slice
+        clicked in earlier rounds than to a slice that got a new click. A click corrects the slices around it;
+        far slices were settled by the clicks near them, and re-propagating them from a new, often larger box
+        only made them worse (see README, validation)."""
+        old = set(state.foreground) | set(state.background)
+        new_ks = np.array(sorted({k for x, y, k in [*foreground, *background] if (x, y, k) not in old}))
+        old_ks = np.array(sorted({k for x, y, k in old} - set(new_ks.tolist())))
+        if not len(new_ks) or not len(old_ks):
+            return []
+        span = region_union(region, state.region)[2]
+        ks = np.arange(span.start, span.stop)
+        d_new = np.abs(ks[:, None] - new_ks[None]).min(1)
+        d_old = np.abs(ks[:, None] - old_ks[None]).min(1)
+        return ks[d_old < d_new].tolist()
 
     @staticmethod
     def mask_entropy(probs: dict[int, torch.Tensor]) -> float:
