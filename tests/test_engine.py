@@ -112,13 +112,27 @@ def test_negative_click_on_a_leak_keeps_the_object_core() -> None:
 
 
 def test_a_round_leaves_slices_nearer_to_earlier_clicks_alone() -> None:
-    """Local rounds: a new click on slice 20 re-decides slices 16.. (nearer to it than to slice 10's earlier
-    click); slices up to 14 stay as the last round had them, 15 (a tie) goes to the new click."""
+    """Local rounds: a new click on slice 20 re-decides slices 15.. (15 is a tie: the new click wins); slices
+    up to 14 are nearer to slice 10's earlier click and stay as the last round had them."""
     from lib.engine.state import InteractionState
 
     state = InteractionState(image=np.zeros((8, 8, 30), np.float32), foreground=[(1, 1, 10)])
-    state.mask, state.region = np.ones((8, 8, 30), bool), (slice(0, 8), slice(0, 8), slice(2, 28))
-    kept = LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20)], [], (slice(0, 8), slice(0, 8),
-                                                                                 slice(5, 30)))
-    assert kept == list(range(2, 15))
-    assert LimNetSegmenter._settled_slices(state, [(1, 1, 10)], [(3, 3, 10)], state.region) == []
+    assert LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20)], []) == []  # no last round yet
+    state.mask = np.ones((8, 8, 30), bool)
+    assert LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20)], []) == list(range(15))
+    assert LimNetSegmenter._settled_slices(state, [(1, 1, 10)], [(3, 3, 10)]) == []  # the same slice again
+
+
+def test_a_later_click_propagates_only_its_own_stretch(net) -> None:
+    """With local rounds a click on slice 20 after one on slice 10 leaves slices 0-14 exactly as they were and
+    keeps the mask inside its tracked region, in the Fortran order the NRRD writer sends."""
+    rng = np.random.default_rng(0)
+    x, y, z = np.ogrid[:48, :48, :32]
+    label = ((x - 24) ** 2 + (y - 24) ** 2 < 100) & (z > 3) & (z < 28)
+    image = (label * 1.0 + rng.normal(0, 0.2, label.shape)).astype(np.float32)
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    state = seg.new_state(image)
+    first = seg.add_clicks(state, [(24, 24, 10)], []).copy()
+    second = seg.add_clicks(state, [(24, 24, 10), (24, 24, 20)], [])
+    assert np.array_equal(first[:, :, :15], second[:, :, :15])
+    assert second.flags.f_contiguous and state.region is not None and second[state.region].sum() == second.sum()

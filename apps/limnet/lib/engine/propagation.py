@@ -76,13 +76,14 @@ def _same(a: torch.Tensor, b: torch.Tensor, threshold: float, iou: float) -> boo
 
 
 def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor], direction: int,
-           cfg: PropagationConfig, previous: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+           cfg: PropagationConfig, previous: dict[int, torch.Tensor] | None = None,
+           span: tuple[int, int] | None = None) -> dict[int, torch.Tensor]:
     """One direction: start at the first non-empty anchor met, remember every anchor, walk until the object ends.
 
     An empty anchor (a slice the user cleared) says the object is absent there: the sweep stops at it.
     With `previous` (the last round's result in the same box), a sweep past the new anchors that lands on the last
     round's masks for `settle` slices in a row hands over to it: a refinement click re-propagates only where masks
-    change.
+    change. With `span` (first, last slice), the sweep starts from the last anchor before it and stops after it.
     """
     depth = features.volume.shape[2]
     order = sorted(anchors, reverse=direction < 0)
@@ -96,10 +97,16 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         bank.add(key.flatten(2), memory.encode_value(frame, anchors[k], feats[2]).flatten(2), pinned=True)
     out: dict[int, torch.Tensor] = {}
     empty = settled = 0
-    k = present[0] + direction
+    start = present[0]
+    if span is not None:
+        entry, end = (span[0], span[1]) if direction > 0 else (span[1], span[0])
+        start = ([p for p in present if (entry - p) * direction >= 0] or [present[0]])[-1]
+        depth = min(depth, end + 1) if direction > 0 else depth
+    k = start + direction
+    stop = -1 if span is None or direction > 0 else span[0] - 1
     hidden = None
-    last_round, previous = previous, anchors[present[0]][0, 0] > cfg.threshold
-    while 0 <= k < depth:
+    last_round, previous = previous, anchors[start][0, 0] > cfg.threshold
+    while stop < k < depth:
         if k in anchors:
             if k not in present:
                 break
@@ -139,18 +146,18 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
 
 
 def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor],
-              cfg: PropagationConfig | None = None,
-              previous: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+              cfg: PropagationConfig | None = None, previous: dict[int, torch.Tensor] | None = None,
+              span: tuple[int, int] | None = None) -> dict[int, torch.Tensor]:
     """Working-grid probabilities for every slice reached from the anchors (slice -> S x S).
 
     Slices between two anchors get both sweeps, weighted by closeness to the anchor each sweep came from.
-    `previous`: the last round's result on the same features (see `_sweep`).
+    `previous`: the last round's result on the same features; `span`: the only slices wanted (see `_sweep`).
     """
     cfg = cfg or PropagationConfig()
     anchors = {k: v.reshape(1, 1, *v.shape[-2:]) for k, v in anchors.items()}
     with torch.inference_mode():
-        fwd = _sweep(memory, features, anchors, +1, cfg, previous)
-        bwd = _sweep(memory, features, anchors, -1, cfg, previous)
+        fwd = _sweep(memory, features, anchors, +1, cfg, previous, span)
+        bwd = _sweep(memory, features, anchors, -1, cfg, previous, span)
     ks = np.array(sorted(anchors))
     result = {k: v[0, 0] for k, v in anchors.items()}
     for k in set(fwd) | set(bwd):

@@ -244,6 +244,11 @@ class LimNetSegmenter:
         for x, y, k in background:
             by_slice[int(k)][1].append((int(x), int(y)))
         shape = state.image.shape
+        settled = self._settled_slices(state, foreground, background) if self.local_rounds else []
+        span = None  # the slices this round may change: propagation does not walk past them
+        if settled:
+            open_ks = np.setdiff1d(np.arange(shape[2]), settled)
+            span = (int(open_ks.min()), int(open_ks.max())) if len(open_ks) else None
         box = self._choose_box(state, by_slice)
         for attempt in range(2):  # grow the box once if the object runs into its edge
             if state.features is None or state.features.box != box:
@@ -257,10 +262,11 @@ class LimNetSegmenter:
                 continue
             last = state.probs if state.probs_features is state.features else None
             with self._autocast():
-                probs = propagate(self.net.memory, state.features, anchors, self.propagation, last)
-            state.probs, state.probs_features = probs, state.features
+                probs = propagate(self.net.memory, state.features, anchors, self.propagation, last, span)
+            state.probs = {**last, **probs} if last is not None and span is not None else probs
+            state.probs_features = state.features
             break
-        state.uncertainty = self.mask_entropy(probs)
+        state.uncertainty = self.mask_entropy(state.probs)
         mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
         ks = sorted(probs)
         for i in range(0, len(ks), 32):
@@ -272,12 +278,10 @@ class LimNetSegmenter:
             mask[x, y, k] = True
         for x, y, k in background:
             mask[x, y, k] = False
-        if self.local_rounds and state.mask is not None:
-            kept_old = self._settled_slices(state, foreground, background, region)
-            for k in kept_old:
-                mask[:, :, k] = state.mask[:, :, k]
-            if kept_old:
-                region = region_union(region, state.region)
+        if len(settled):
+            region = region_union(region, state.region)
+            inside = [k for k in settled if region[2].start <= k < region[2].stop]
+            mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             region = region_union(region, state.region)
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
@@ -289,19 +293,20 @@ class LimNetSegmenter:
         return mask
 
     @staticmethod
-    def _settled_slices(state: InteractionState, foreground: list[Click], background: list[Click],
-                        region: Region) -> list[int]:
+    def _settled_slices(state: InteractionState, foreground: list[Click], background: list[Click]) -> list[int]:
         """Slices this round leaves as the last round had them: those nearer (along the slice axis) to a slice
         clicked in earlier rounds than to a slice that got a new click. A click corrects the slices around it;
         far slices were settled by the clicks near them, and re-propagating them from a new, often larger box
-        only made them worse (see README, validation)."""
+        only made them worse (see README, validation). Propagation skips them, so a later click costs what its
+        own stretch of slices costs."""
+        if state.mask is None:
+            return []
         old = set(state.foreground) | set(state.background)
         new_ks = np.array(sorted({k for x, y, k in [*foreground, *background] if (x, y, k) not in old}))
         old_ks = np.array(sorted({k for x, y, k in old} - set(new_ks.tolist())))
         if not len(new_ks) or not len(old_ks):
             return []
-        span = region_union(region, state.region)[2]
-        ks = np.arange(span.start, span.stop)
+        ks = np.arange(state.image.shape[2])
         d_new = np.abs(ks[:, None] - new_ks[None]).min(1)
         d_old = np.abs(ks[:, None] - old_ks[None]).min(1)
         return ks[d_old < d_new].tolist()
