@@ -146,12 +146,17 @@ def crop_slices(volume: np.ndarray, box: Box, slices: np.ndarray, size: int,
     h, w, _ = volume.shape
     sx0, sx1 = max(box.x0, 0), min(box.x1, h)
     sy0, sy1 = max(box.y0, 0), min(box.y1, w)
-    out = np.zeros((box.size, box.size) + slices.shape, np.float32)
+    # each distinct slice is cut and resized once (neighbouring triplets share two of three), one 2D block at a
+    # time: a fancy index along the last axis gathers voxel by voxel, 3-4x slower on a CT volume
+    ks, which = np.unique(slices.ravel(), return_inverse=True)
+    blocks = np.zeros((len(ks), 1, box.size, box.size), np.float32)
     if sx1 > sx0 and sy1 > sy0:
-        out[sx0 - box.x0 : sx1 - box.x0, sy0 - box.y0 : sy1 - box.y0] = volume[sx0:sx1, sy0:sy1][:, :, slices]
-    t = torch.from_numpy(np.ascontiguousarray(out.transpose(2, 3, 0, 1)))
+        for i, k in enumerate(ks):
+            blocks[i, 0, sx0 - box.x0 : sx1 - box.x0, sy0 - box.y0 : sy1 - box.y0] = volume[sx0:sx1, sy0:sy1, k]
+    t = torch.from_numpy(blocks)
     if box.size != size:
         t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=box.size > size)
+    t = t[torch.from_numpy(which.reshape(-1))].reshape(*slices.shape, size, size)
     if window is not None:
         t = ((t - window[0]) / (window[1] - window[0])).clamp_(0.0, 1.0)
     return t

@@ -62,7 +62,8 @@ def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float,
     mask = (prob > threshold).cpu().numpy()
     if not mask.any():
         return prob
-    near = torch.nn.functional.max_pool2d(previous.float()[None, None], 2 * reach + 1, 1, reach)[0, 0] > 0
+    grown = torch.nn.functional.max_pool2d(previous.float()[None, None], (1, 2 * reach + 1), 1, (0, reach))
+    near = torch.nn.functional.max_pool2d(grown, (2 * reach + 1, 1), 1, (reach, 0))[0, 0] > 0  # square, separably
     lab, n = ndi.label(mask)
     hits = np.unique(lab[near.cpu().numpy() & mask])
     keep = np.isin(lab, hits[hits > 0]) | ~mask  # soft values below threshold stay as they are
