@@ -121,6 +121,8 @@ def test_a_round_leaves_slices_nearer_to_earlier_clicks_alone() -> None:
     state.mask = np.ones((8, 8, 30), bool)
     assert LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20)], []) == list(range(15))
     assert LimNetSegmenter._settled_slices(state, [(1, 1, 10)], [(3, 3, 10)]) == []  # the same slice again
+    state.foreground = [(1, 1, 10), (2, 2, 20)]  # the same voxel clicked again re-decides its own stretch
+    assert LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20), (1, 1, 10)], []) == list(range(16, 30))
 
 
 def test_a_later_click_propagates_only_its_own_stretch(net) -> None:

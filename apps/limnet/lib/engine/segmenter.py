@@ -301,9 +301,14 @@ class LimNetSegmenter:
         own stretch of slices costs."""
         if state.mask is None:
             return []
-        old = set(state.foreground) | set(state.background)
-        new_ks = np.array(sorted({k for x, y, k in [*foreground, *background] if (x, y, k) not in old}))
-        old_ks = np.array(sorted({k for x, y, k in old} - set(new_ks.tolist())))
+        fg, bg = [tuple(map(int, c)) for c in foreground], [tuple(map(int, c)) for c in background]
+        n_fg, n_bg = len(state.foreground), len(state.background)
+        if fg[:n_fg] == state.foreground and bg[:n_bg] == state.background:  # the usual case: clicks appended
+            new = fg[n_fg:] + bg[n_bg:]  # a click repeated on the same voxel still re-decides its stretch
+        else:
+            new = [c for c in fg + bg if c not in set(state.foreground) | set(state.background)]
+        new_ks = np.array(sorted({k for x, y, k in new}))
+        old_ks = np.array(sorted({k for x, y, k in state.foreground + state.background} - set(new_ks.tolist())))
         if not len(new_ks) or not len(old_ks):
             return []
         ks = np.arange(state.image.shape[2])
