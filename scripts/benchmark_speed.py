@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 
@@ -25,9 +26,10 @@ import psutil
 import requests
 from scipy import ndimage as ndi
 from serverctl import start_server, stop_server
-from skimage.segmentation import flood
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
+from lib.data.baseline import FloodFillTool  # noqa: E402
 
 
 def phantom(shape: tuple[int, int, int], radius: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,23 +49,6 @@ def phantom(shape: tuple[int, int, int], radius: float, seed: int = 0) -> tuple[
     img[target] = 120.0
     img += rng.normal(0, 12, img.shape).astype(np.float32)
     return img, target
-
-
-def flood_tool(volume: np.ndarray):
-    """Classical click tool: union of intensity floods (tolerance from the seed's neighbourhood) from positive clicks,
-    minus floods from negative clicks."""
-    smooth = ndi.uniform_filter(volume, 3)
-
-    def segment(fg, bg):
-        out = np.zeros(volume.shape, bool)
-        for c in fg:
-            tol = 3 * float(volume[tuple(max(0, i - 2) for i in c)].std() + 15)
-            out |= flood(smooth, tuple(c), tolerance=tol)
-        for c in bg:
-            out &= ~flood(smooth, tuple(c), tolerance=15)
-        return out
-
-    return segment
 
 
 def rss_mb(pid: int) -> float:
@@ -151,7 +136,7 @@ def main() -> None:
             cold, _ = infer(url, name, [clicks[0][0]], [], client=f"cold-{name}")
             requests.get(f"{url}/datastore/image?image={name}").raise_for_status()  # the client opens the image
             lim, ff, engine = [], [], []
-            tool = flood_tool(img)
+            tool = FloodFillTool(img)  # scaling and smoothing precomputed, not timed
             fg, bg = [], []
             for c, positive in clicks:
                 (fg if positive else bg).append(c)

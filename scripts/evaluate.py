@@ -1,5 +1,6 @@
-"""Robot-user benchmark on held-out real volumes (never used for training): Dice after every click for LIM-Net,
-LIM-Net without MRF and the random-walker click tool, all given the very same clicks.
+"""Robot-user benchmark on held-out real volumes (never used for training): Dice after every click for LIM-Net as
+the server runs it (no MRF; the robot clicks on its errors), LIM-Net with MRF, and two classical click tools (random
+walker, flood fill), all given the very same clicks.
 
     .venv/bin/python scripts/evaluate.py --rounds 6
     .venv/bin/python scripts/evaluate.py --rounds 3 --cases lung2_lung_tumour,fsl_mni152_2mm_thalamus --no-baseline
@@ -23,13 +24,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
-from lib.data.evaluation import evaluate_case, regressions  # noqa: E402
+from lib.data.evaluation import CaseResult, evaluate_case, regressions  # noqa: E402
 from lib.data.heldout import heldout_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 
-METHODS = ("limnet", "limnet_no_mrf", "random_walker")
+METHODS = ("limnet_no_mrf", "limnet", "random_walker", "flood_fill")
+SMALL_LESIONS = ("lung1_lung_nodule", "brain2_brain_tumour", "breast1_breast_lesion")  # lesions under 1000 voxels
 LABELS = {"limnet": "LIM-Net with MRF", "limnet_no_mrf": "LIM-Net without MRF (default)",
-          "random_walker": "random walker, same clicks"}
+          "random_walker": "random walker, same clicks", "flood_fill": "flood fill, same clicks"}
 
 
 def default_weights() -> str:
@@ -50,10 +52,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--plot", default="", help="write a PNG of mean Dice against clicks per method here")
     p.add_argument("--plot-from", default="", help="only plot, from a --json file of an earlier run")
+    p.add_argument("--summary-from", default="", help="only print the summary, from a --json file of an earlier run")
     args = p.parse_args()
     if args.plot_from:
         with open(args.plot_from) as f:
             plot([r["dice"] for r in json.load(f)], args.plot)
+        return
+    if args.summary_from:
+        with open(args.summary_from) as f:
+            summary([CaseResult(**r) for r in json.load(f)])
         return
     torch.set_num_threads(args.threads)
     weights = args.weights or default_weights()
@@ -84,11 +91,38 @@ def main() -> None:
         mean = np.mean([r.dice[m] for r in results], axis=0)
         reg = sum(regressions(r.dice[m]) for r in results)
         print(f"| {m} | " + " | ".join(f"{v:.3f}" for v in mean) + f" | {reg} / {len(results) * (args.rounds - 1)} |")
+    summary(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in results], f, indent=1)
     if args.plot:
         plot([r.dice for r in results], args.plot)
+
+
+def summary(results: list[CaseResult]) -> None:
+    """Dice after the first, the 6th and the last click per structure, and issue 3's targets, measured."""
+    methods = [m for m in METHODS if m in results[0].dice]
+    rounds = len(results[0].dice[methods[0]])
+    at = sorted({1, min(6, rounds), rounds})
+    print("\n| case | " + " | ".join(f"{m} Dice@{i}" for m in methods for i in at) + " |")
+    print("|---|" + "---|" * (len(methods) * len(at)))
+    for r in results:
+        print(f"| {r.case} | " + " | ".join(f"{r.dice[m][i - 1]:.3f}" for m in methods for i in at) + " |")
+    main_m = "limnet_no_mrf" if "limnet_no_mrf" in methods else methods[0]  # the server's default
+    d6 = [r.dice[main_m][min(6, rounds) - 1] for r in results]
+    steps = sum(len(r.dice[main_m]) - 1 for r in results)
+    drops = sum(regressions(r.dice[main_m]) for r in results)
+    print(f"\nissue 3's targets ({main_m}, {len(results)} held-out structures):")
+    print(f"- mean Dice after {min(6, rounds)} clicks: {np.mean(d6):.3f} (target >= 0.85)")
+    for tool in [m for m in ("random_walker", "flood_fill") if m in methods]:
+        margin = np.array(d6) - np.array([r.dice[tool][min(6, rounds) - 1] for r in results])
+        print(f"- above {tool} after {min(6, rounds)} clicks: mean {margin.mean():+.3f}, "
+              f"{int((margin >= 0.30).sum())} of {len(results)} structures by >= 0.30 (target: 0.30)")
+    print(f"- round-to-round drops > 0.01: {drops} of {steps} steps ({100 * drops / max(steps, 1):.1f}%, "
+          "target <= 3%)")
+    small = {r.case: r.dice[main_m][0] for r in results if r.case in SMALL_LESIONS}
+    print("- lesions under 1000 voxels, Dice after the first click (target > 0.5): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in small.items()))
 
 
 def plot(curves: list[dict[str, list[float]]], path: str) -> None:

@@ -39,3 +39,18 @@ def test_store_is_bounded_and_expires():
     assert len(store) == 2 and store.get(("img", 0)) is None
     store.ttl = 0
     assert store.get(("img", 2)) is None
+
+
+def test_classical_tools_segment_a_plain_sphere():
+    """The baselines are real tools, not strawmen: one click on a bright noisy sphere gets it; a negative click
+    inside it takes the flood away again."""
+    from lib.data.baseline import FloodFillTool, RandomWalkerTool
+
+    rng = np.random.default_rng(0)
+    x, y, z = np.ogrid[:40, :40, :30]
+    sphere = (x - 20) ** 2 + (y - 20) ** 2 + (z - 15) ** 2 < 64
+    image = (sphere * 1.0 + rng.normal(0, 0.1, sphere.shape)).astype(np.float32)
+    flood = FloodFillTool(image)
+    for tool in (flood, RandomWalkerTool(image)):
+        assert dice(tool([(20, 20, 15)], []), sphere) > 0.9
+    assert not flood([(20, 20, 15)], [(21, 20, 15)]).any()

@@ -1,10 +1,11 @@
-"""The classical click tool we compare with: skimage's random walker seeded with the very same clicks."""
+"""The classical click tools we compare with, given the very same clicks: skimage's random walker, and an
+intensity flood fill (region growing from each click, as the paint-bucket tools of viewers do)."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import random_walker
+from skimage.segmentation import flood, random_walker
 
 from lib.engine.geometry import normalize_intensity
 
@@ -42,4 +43,30 @@ class RandomWalkerTool:
             out = out[: self.shape[0], : self.shape[1], : self.shape[2]].astype(bool)
             pad = [(0, s - o) for s, o in zip(self.shape, out.shape)]
             out = np.pad(out, pad)
+        return out
+
+
+class FloodFillTool:
+    """Union of intensity floods from the positive clicks, less the floods from the negative ones.
+
+    Modality-agnostic: intensities scaled by the volume's 0.5-99.5 percentiles and denoised once with a 3x3x3
+    median (edges stay where they are; at construction, not part of a click's time); a click's tolerance is
+    `k_sigma` times the spread of its 5x5x5 neighbourhood, at least `min_tolerance` of the range. The classical
+    tool of the speed benchmark too.
+    """
+
+    def __init__(self, volume: np.ndarray, k_sigma: float = 3.0, min_tolerance: float = 0.1) -> None:
+        self.data = ndi.median_filter(normalize_intensity(volume, 0.5, 99.5), 3)
+        self.k_sigma, self.min_tolerance = k_sigma, min_tolerance
+
+    def tolerance(self, click) -> float:
+        near = self.data[tuple(slice(max(0, int(c) - 2), int(c) + 3) for c in click)]
+        return max(self.k_sigma * float(near.std()), self.min_tolerance)
+
+    def __call__(self, foreground, background) -> np.ndarray:
+        out = np.zeros(self.data.shape, bool)
+        for c in foreground:
+            out |= flood(self.data, tuple(int(v) for v in c), tolerance=self.tolerance(c))
+        for c in background:
+            out &= ~flood(self.data, tuple(int(v) for v in c), tolerance=self.tolerance(c))
         return out

@@ -1,4 +1,5 @@
-"""Robot-user evaluation: LIM-Net with MRF clicks; LIM-Net without MRF and the classical tool replay its clicks."""
+"""Robot-user evaluation: the robot clicks on the errors of LIM-Net as the server runs it (no MRF, the default);
+LIM-Net with MRF and the classical tools replay those clicks."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
 
-from .baseline import RandomWalkerTool
+from .baseline import FloodFillTool, RandomWalkerTool
 from .robot import dice, run_robot
 
 
@@ -41,24 +42,23 @@ def replay(segment, order, gt) -> tuple[list[float], list[float]]:
 def evaluate_case(net: LimNet, name: str, image: np.ndarray, label: np.ndarray, spacing, rounds: int,
                   baseline: bool = True, device: str = "cpu") -> CaseResult:
     res = CaseResult(name)
-    seg = LimNetSegmenter(net, device, use_fusion=True)
+    seg = LimNetSegmenter(net, device, use_fusion=False)
     state = seg.new_state(image)
     order: list[tuple[bool, tuple]] = []
 
     def limnet(fg, bg):
-        new = [(True, c) for c in fg if (True, c) not in order] + [(False, c) for c in bg if (False, c) not in order]
-        order.extend(new)
+        seen = ([c for p, c in order if p], [c for p, c in order if not p])
+        order.extend([(True, c) for c in fg[len(seen[0]):]] + [(False, c) for c in bg[len(seen[1]):]])
         return seg.add_clicks(state, fg, bg)
 
     run = run_robot(limnet, label, rounds, spacing)
-    res.dice["limnet"], res.seconds["limnet"] = run.dice, run.seconds
-    plain = LimNetSegmenter(net, device, use_fusion=False)
-    pstate = plain.new_state(image)
-    res.dice["limnet_no_mrf"], res.seconds["limnet_no_mrf"] = replay(
-        lambda fg, bg: plain.add_clicks(pstate, fg, bg), order, label)
+    res.dice["limnet_no_mrf"], res.seconds["limnet_no_mrf"] = run.dice, run.seconds
+    fused = LimNetSegmenter(net, device, use_fusion=True)
+    fstate = fused.new_state(image)
+    res.dice["limnet"], res.seconds["limnet"] = replay(lambda fg, bg: fused.add_clicks(fstate, fg, bg), order, label)
     if baseline:
-        rw = RandomWalkerTool(image)
-        res.dice["random_walker"], res.seconds["random_walker"] = replay(rw, order, label)
+        for method, tool in (("random_walker", RandomWalkerTool(image)), ("flood_fill", FloodFillTool(image))):
+            res.dice[method], res.seconds[method] = replay(tool, order, label)
     for k in res.dice:  # the robot stops once perfect: carry the last value
         res.dice[k] += [res.dice[k][-1]] * (rounds - len(res.dice[k]))
     return res
