@@ -49,7 +49,7 @@ def test_classical_tools_segment_a_plain_sphere():
     rng = np.random.default_rng(0)
     x, y, z = np.ogrid[:40, :40, :30]
     sphere = (x - 20) ** 2 + (y - 20) ** 2 + (z - 15) ** 2 < 64
-    image = (sphere * 1.0 + rng.normal(0, 0.1, sphere.shape)).astype(np.float32)
+    image = (sphere * 1.0 + rng.normal(0, 0.05, sphere.shape)).astype(np.float32)
     flood = FloodFillTool(image)
     for tool in (flood, RandomWalkerTool(image)):
         assert dice(tool([(20, 20, 15)], []), sphere) > 0.9

@@ -50,23 +50,20 @@ class FloodFillTool:
     """Union of intensity floods from the positive clicks, less the floods from the negative ones.
 
     Modality-agnostic: intensities scaled by the volume's 0.5-99.5 percentiles and denoised once with a 3x3x3
-    median (edges stay where they are; at construction, not part of a click's time); a click's tolerance is
-    `k_sigma` times the spread of its 5x5x5 neighbourhood, at least `min_tolerance` of the range. The classical
-    tool of the speed benchmark too.
+    median (edges stay where they are; at construction, not part of a click's time); a flood takes the connected
+    voxels within `tolerance` of the clicked one. A fixed 5% of the range did better on the generated validation
+    volumes (robot, 3 clicks, 3 cases per kind: mean Dice 0.38) than tolerances from the click's neighbourhood
+    (3 sigma, at least 10%: 0.08). The classical tool of the speed benchmark too.
     """
 
-    def __init__(self, volume: np.ndarray, k_sigma: float = 3.0, min_tolerance: float = 0.1) -> None:
+    def __init__(self, volume: np.ndarray, tolerance: float = 0.05) -> None:
         self.data = ndi.median_filter(normalize_intensity(volume, 0.5, 99.5), 3)
-        self.k_sigma, self.min_tolerance = k_sigma, min_tolerance
-
-    def tolerance(self, click) -> float:
-        near = self.data[tuple(slice(max(0, int(c) - 2), int(c) + 3) for c in click)]
-        return max(self.k_sigma * float(near.std()), self.min_tolerance)
+        self.tolerance = tolerance
 
     def __call__(self, foreground, background) -> np.ndarray:
         out = np.zeros(self.data.shape, bool)
         for c in foreground:
-            out |= flood(self.data, tuple(int(v) for v in c), tolerance=self.tolerance(c))
+            out |= flood(self.data, tuple(int(v) for v in c), tolerance=self.tolerance)
         for c in background:
-            out &= ~flood(self.data, tuple(int(v) for v in c), tolerance=self.tolerance(c))
+            out &= ~flood(self.data, tuple(int(v) for v in c), tolerance=self.tolerance)
         return out
