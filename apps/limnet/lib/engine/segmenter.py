@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 from collections import defaultdict
 
@@ -51,11 +50,7 @@ class LimNetSegmenter:
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
         self.local_rounds = local_rounds
         self.device = torch.device(device)
-        # a channels-last copy of the weights sends every convolution down oneDNN's fast path: 3-4x faster rounds on
-        # this CPU, identical masks (inputs stay NCHW; each conv's output follows its weights). A copy, because
-        # callers that train the net (trainer validation, MRF data) must not get it back converted: torch 2.14's
-        # CPU backward through the memory model crashes on channels-last weights.
-        self.net = copy.deepcopy(net).to(self.device, memory_format=torch.channels_last).eval()
+        self.net = net.to(self.device).eval()
         self.use_fusion = use_fusion
         self.propagation = propagation or PropagationConfig()
         self.size = size

@@ -31,7 +31,7 @@ class LimNet(nn.Module):
 
     def save(self, path: str, meta: dict | None = None) -> None:
         """Write atomically (temp file + rename): a reader never sees half a file. Stored in fp16 to stay small."""
-        state = {"state_dict": {k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.cpu()
+        state = {"state_dict": {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
                                 for k, v in self.state_dict().items()}, "meta": meta or {}}
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
