@@ -144,9 +144,10 @@ def main() -> None:
                 lim.append(seconds)
                 engine.append(last_inferer_seconds(log_path))
                 t = time.perf_counter()
-                tool(fg, bg)
+                flooded = tool(fg, bg)
                 ff.append(time.perf_counter() - t)
-            rows.append((name, img.shape, int(gt.sum()), cold, lim, engine, ff, mask_dice(content, gt)))
+            flood_dice = float(2 * (flooded & gt).sum() / max(1, flooded.sum() + gt.sum()))
+            rows.append((name, img.shape, int(gt.sum()), cold, lim, engine, ff, mask_dice(content, gt), flood_dice))
         open_rss = rss_mb(proc.pid)
         n_open = requests.get(f"{url}/info/").json()["models"]["limnet"]["open_interactions"]
     finally:
@@ -155,12 +156,12 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print("\n| volume | shape | object voxels | cold first click s | first click s | later clicks s (median / min / "
           "max) | of which network s (later, median) | flood fill s (median / min / max) | flood / LIM-Net (later, "
-          "REST) | flood / network | LIM-Net Dice, last click |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, shape, n, cold, lim, engine, ff, d in rows:
+          "REST) | flood / network | LIM-Net Dice, last click | flood fill Dice, last click |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, shape, n, cold, lim, engine, ff, d, fd in rows:
         print(f"| {name} | {'x'.join(map(str, shape))} | {n} | {cold:.2f} | {lim[0]:.2f} | {fmt(lim[1:])} | "
               f"{np.median(engine[1:]):.2f} | {fmt(ff)} | {np.median(ff) / np.median(lim[1:]):.2f}x | "
-              f"{np.median(ff) / np.median(engine[1:]):.2f}x | {d:.3f} |")
+              f"{np.median(ff) / np.median(engine[1:]):.2f}x | {d:.3f} | {fd:.3f} |")
     print(f"\nserver memory: {base_rss:.0f} MB at start, {open_rss:.0f} MB with {n_open} interactions open "
           f"(the store keeps at most max_interactions; {2 * len(rows)} were started on {len(rows)} images)")
 
