@@ -227,8 +227,8 @@ def prefetch_image(image_id: str) -> None:
 
 class PrefetchFetchedImages:
     """Starts `prefetch_image` when a client fetches a datastore image. Plain ASGI, not `BaseHTTPMiddleware`:
-    that one re-streams every response body through a memory channel, which cost a click's 78 MB answer about
-    as much as computing it."""
+    that one re-streams every response body through a memory channel, a detour for every click's 78 MB answer
+    (with the 4 MB reads below, the answer's transfer went from about 0.45 to 0.25 s on a CT)."""
 
     def __init__(self, app) -> None:
         self.app = app

@@ -98,16 +98,15 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         bank.add(key.flatten(2), memory.encode_value(frame, anchors[k], feats[2]).flatten(2), pinned=True)
     out: dict[int, torch.Tensor] = {}
     empty = settled = 0
-    start = present[0]
-    if span is not None:
-        entry, end = (span[0], span[1]) if direction > 0 else (span[1], span[0])
+    start, below, above = present[0], -1, depth  # the walk stays strictly between `below` and `above`
+    if span is not None:  # start from the last anchor before the span, stop once past it
+        entry = span[0] if direction > 0 else span[1]
         start = ([p for p in present if (entry - p) * direction >= 0] or [present[0]])[-1]
-        depth = min(depth, end + 1) if direction > 0 else depth
+        below, above = (below, span[1] + 1) if direction > 0 else (span[0] - 1, above)
     k = start + direction
-    stop = -1 if span is None or direction > 0 else span[0] - 1
     hidden = None
     last_round, previous = previous, anchors[start][0, 0] > cfg.threshold
-    while stop < k < depth:
+    while below < k < above:
         if k in anchors:
             if k not in present:
                 break
