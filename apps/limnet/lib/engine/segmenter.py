@@ -244,11 +244,6 @@ class LimNetSegmenter:
         for x, y, k in background:
             by_slice[int(k)][1].append((int(x), int(y)))
         shape = state.image.shape
-        settled = self._settled_slices(state, foreground, background) if self.local_rounds else []
-        span = None  # the slices this round may change: propagation does not walk past them
-        if settled:
-            open_ks = np.setdiff1d(np.arange(shape[2]), settled)
-            span = (int(open_ks.min()), int(open_ks.max())) if len(open_ks) else None
         box = self._choose_box(state, by_slice)
         for attempt in range(2):  # grow the box once if the object runs into its edge
             if state.features is None or state.features.box != box:
@@ -260,6 +255,12 @@ class LimNetSegmenter:
             if bigger is not None:
                 box = bigger
                 continue
+            settled = (self._settled_slices(state, foreground, background, self._changed_anchors(state, box, anchors))
+                       if self.local_rounds else [])
+            span = None  # the slices this round may change: propagation does not walk past them
+            if settled:
+                open_ks = np.setdiff1d(np.arange(shape[2]), settled)
+                span = (int(open_ks.min()), int(open_ks.max())) if len(open_ks) else None
             last = state.probs if state.probs_features is state.features else None
             with self._autocast():
                 probs = propagate(self.net.memory, state.features, anchors, self.propagation, last, span)
@@ -292,13 +293,30 @@ class LimNetSegmenter:
         state.rounds += 1
         return mask
 
+    def _changed_anchors(self, state: InteractionState, box: Box, anchors: dict[int, torch.Tensor],
+                         agree: float = 0.5) -> set[int]:
+        """Clicked slices whose prompt this round no longer matches the last round's mask there (IoU below
+        `agree`): the result around them came from an answer this round's box and window overturn, so it is not
+        settled (a first click that found the wrong extent must not pin the slices around it)."""
+        if state.mask is None:
+            return set()
+        changed = set()
+        for k, prompt in anchors.items():
+            old = crop_slices(state.mask[:, :, k : k + 1].astype(np.float32), box, np.array([[0]]), self.size)
+            a, b = old[0, 0] > 0.5, prompt.reshape(old.shape[-2:]).cpu() > 0.5
+            union = int((a | b).sum())
+            if union and int((a & b).sum()) < agree * union:
+                changed.add(int(k))
+        return changed
+
     @staticmethod
-    def _settled_slices(state: InteractionState, foreground: list[Click], background: list[Click]) -> list[int]:
+    def _settled_slices(state: InteractionState, foreground: list[Click], background: list[Click],
+                        changed: set[int] = frozenset()) -> list[int]:
         """Slices this round leaves as the last round had them: those nearer (along the slice axis) to a slice
         clicked in earlier rounds than to a slice that got a new click. A click corrects the slices around it;
         far slices were settled by the clicks near them, and re-propagating them from a new, often larger box
         only made them worse (see README, validation). Propagation skips them, so a later click costs what its
-        own stretch of slices costs."""
+        own stretch of slices costs. `changed`: earlier clicked slices to treat as new (`_changed_anchors`)."""
         if state.mask is None:
             return []
         fg, bg = [tuple(map(int, c)) for c in foreground], [tuple(map(int, c)) for c in background]
@@ -307,7 +325,7 @@ class LimNetSegmenter:
             new = fg[n_fg:] + bg[n_bg:]  # a click repeated on the same voxel still re-decides its stretch
         else:
             new = [c for c in fg + bg if c not in set(state.foreground) | set(state.background)]
-        new_ks = np.array(sorted({k for x, y, k in new}))
+        new_ks = np.array(sorted({k for x, y, k in new} | set(changed)))
         old_ks = np.array(sorted({k for x, y, k in state.foreground + state.background} - set(new_ks.tolist())))
         if not len(new_ks) or not len(old_ks):
             return []
