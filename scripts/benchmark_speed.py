@@ -30,6 +30,7 @@ from serverctl import start_server, stop_server
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 from lib.data.baseline import FloodFillTool  # noqa: E402
+from lib.data.robot import dice  # noqa: E402
 
 
 def phantom(shape: tuple[int, int, int], radius: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +85,7 @@ def mask_dice(content: bytes, gt: np.ndarray) -> float:
         f.write(content)
     m = nrrd.read(path)[0] > 0
     os.remove(path)
-    return float(2 * (m & gt).sum() / max(1, m.sum() + gt.sum()))
+    return dice(m, gt)
 
 
 def robot_clicks(gt: np.ndarray, n: int) -> list[tuple[list, bool]]:
@@ -146,8 +147,8 @@ def main() -> None:
                 t = time.perf_counter()
                 flooded = tool(fg, bg)
                 ff.append(time.perf_counter() - t)
-            flood_dice = float(2 * (flooded & gt).sum() / max(1, flooded.sum() + gt.sum()))
-            rows.append((name, img.shape, int(gt.sum()), cold, lim, engine, ff, mask_dice(content, gt), flood_dice))
+            rows.append((name, img.shape, int(gt.sum()), cold, lim, engine, ff, mask_dice(content, gt),
+                         dice(flooded, gt)))
         open_rss = rss_mb(proc.pid)
         n_open = requests.get(f"{url}/info/").json()["models"]["limnet"]["open_interactions"]
     finally:

@@ -319,12 +319,10 @@ class LimNetSegmenter:
         own stretch of slices costs. `changed`: earlier clicked slices to treat as new (`_changed_anchors`)."""
         if state.mask is None:
             return []
-        fg, bg = [tuple(map(int, c)) for c in foreground], [tuple(map(int, c)) for c in background]
-        n_fg, n_bg = len(state.foreground), len(state.background)
-        if fg[:n_fg] == state.foreground and bg[:n_bg] == state.background:  # the usual case: clicks appended
-            new = fg[n_fg:] + bg[n_bg:]  # a click repeated on the same voxel still re-decides its stretch
-        else:
-            new = [c for c in fg + bg if c not in set(state.foreground) | set(state.background)]
+        new = state.new_clicks(foreground, background)  # the usual case: clicks appended
+        if new is None:
+            old = set(state.foreground) | set(state.background)
+            new = [c for c in map(tuple, [*foreground, *background]) if c not in old]
         new_ks = np.array(sorted({k for x, y, k in new} | set(changed)))
         old_ks = np.array(sorted({k for x, y, k in state.foreground + state.background} - set(new_ks.tolist())))
         if not len(new_ks) or not len(old_ks):

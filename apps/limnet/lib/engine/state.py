@@ -36,11 +36,18 @@ class InteractionState:
     def mask_voxels(self) -> int:
         return 0 if self.mask is None or self.region is None else int(np.count_nonzero(self.mask[self.region]))
 
+    def new_clicks(self, foreground: list[Click], background: list[Click]) -> list[Click] | None:
+        """The clicks appended to this state's lists (foreground first), or None when the lists do not start with
+        this state's clicks. A click repeated on an earlier voxel counts as new."""
+        fg, bg = [tuple(map(int, c)) for c in foreground], [tuple(map(int, c)) for c in background]
+        n_fg, n_bg = len(self.foreground), len(self.background)
+        if fg[:n_fg] != self.foreground or bg[:n_bg] != self.background:
+            return None
+        return fg[n_fg:] + bg[n_bg:]
+
     def extends(self, foreground: list[Click], background: list[Click]) -> bool:
         """True when the new click lists start with this state's clicks and add at least one."""
-        fg, bg = list(map(tuple, foreground)), list(map(tuple, background))
-        grew = len(fg) + len(bg) > len(self.foreground) + len(self.background)
-        return grew and fg[: len(self.foreground)] == self.foreground and bg[: len(self.background)] == self.background
+        return bool(self.new_clicks(foreground, background))
 
 
 class InteractionStore:
