@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--steps-interaction", type=int, default=1500)
     p.add_argument("--steps-memory", type=int, default=2500)
     p.add_argument("--steps-fusion", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule) of each stage")
+    p.add_argument("--memory-length", type=int, default=4, help="slices per training sequence of the memory stage")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
@@ -73,10 +75,12 @@ def main() -> None:
     net.to(device)
     logging.info("training on %s", device)
     if args.stage in ("interaction", "all"):
-        train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed)
+        train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
+                          lr=args.lr)
         save()
     if args.stage in ("memory", "all"):
-        train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed)
+        train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,
+                     length=args.memory_length)
         save()
     if args.stage in ("fusion", "all") and rank == 0:  # small: one process, on the CPU
         from lib.training.fusion_stage import train_fusion

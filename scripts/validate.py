@@ -33,6 +33,8 @@ VARIANTS = {
     "guarded+window-split": dict(box_search="guarded", local_window=True, split_leaks=False),
     "guarded+window-local": dict(box_search="guarded", local_window=True, local_rounds=False),
     "guarded+window+mrf": dict(box_search="guarded", local_window=True, use_fusion=True),
+    "guarded+window+geo100": dict(box_search="guarded", local_window=True, negative_geodesic=100.0),
+    "guarded+window+geo300": dict(box_search="guarded", local_window=True, negative_geodesic=300.0),
 }
 
 

@@ -138,3 +138,24 @@ def test_a_later_click_propagates_only_its_own_stretch(net) -> None:
     second = seg.add_clicks(state, [(24, 24, 10), (24, 24, 20)], [])
     assert np.array_equal(first[:, :, :15], second[:, :, :15])
     assert second.flags.f_contiguous and state.region is not None and second[state.region].sum() == second.sum()
+
+
+def test_negative_side_follows_intensity_edges():
+    """A negative click on the organ around a clicked lesion claims the organ, not the lesion: the split follows
+    the edge between them, not the half-way line between the clicks."""
+    from lib.engine.geometry import negative_side
+
+    rng = np.random.default_rng(0)
+    frame = np.full((96, 96), 0.2, np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    organ = (xx - 48) ** 2 + (yy - 48) ** 2 <= 40**2
+    lesion = (xx - 60) ** 2 + (yy - 48) ** 2 <= 10**2
+    frame[organ] = 0.5
+    frame[lesion] = 0.8
+    frame += rng.normal(0, 0.02, frame.shape).astype(np.float32)
+    # clicks are (axis 0, axis 1) = (row, column): the lesion's centre and a point of the organ 15 pixels from its edge
+    neg = negative_side(frame, [(48, 60)], [(48, 35)], weight=100.0)
+    halfway = negative_side(frame, [(48, 60)], [(48, 35)], weight=0.0)  # no edge term: the half-way line
+    assert not neg[lesion].any()
+    assert neg[organ & (xx < 50)].all()
+    assert neg[organ & ~lesion].mean() > halfway[organ & ~lesion].mean() + 0.2

@@ -47,7 +47,11 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 
 def mni152_structures() -> dict[str, np.ndarray]:
-    """Brain, white matter, lateral ventricles and the (thin, folded) cortical grey matter of one hemisphere."""
+    """Brain, white matter and lateral ventricles: structures a click can mean.
+
+    Not grey matter as a tissue class: trained on "one hemisphere's cortex", the interaction module answered a
+    click on any compact grey structure of a brain MR (a nucleus, a grey lesion) with the whole ribbon it touches.
+    """
     t1, gm, wm, _ = mni152()
     tissue = (gm + wm) > 0.5
     brain = _largest(ndi.binary_fill_holes(ndi.binary_closing(tissue, iterations=3)))
@@ -55,10 +59,7 @@ def mni152_structures() -> dict[str, np.ndarray]:
     core = ndi.binary_erosion(brain, iterations=12)
     dark = core & (t1 < np.percentile(t1[brain], 8)) & (gm < 0.3) & (wm < 0.3)
     ventricles = _largest(ndi.binary_opening(dark, iterations=1))
-    half = np.zeros_like(brain)
-    half[: brain.shape[0] // 2] = True
-    cortex = _largest((gm > 0.5) & half)
-    return {"brain": brain, "white_matter": white, "ventricles": ventricles, "grey_matter_left": cortex}
+    return {"brain": brain, "white_matter": white, "ventricles": ventricles}
 
 
 def thick_slices(image: np.ndarray, label: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,8 @@
 """Class-agnostic training targets on real texture, from a packaged real volume (nilearn's MNI152 2009 T1):
-tissue maps (brain, white matter, one hemisphere's grey matter, ventricles) and intensity-connected regions
-grown from random seeds. "Segment what I clicked" needs exactly this: real boundaries of arbitrary structures.
+tissue maps (brain, white matter, ventricles) and compact intensity-connected regions grown from random seeds.
+"Segment what I clicked" needs exactly this: real boundaries of arbitrary structures. The regions are opened
+(thin bridges and ribbons cut) and the seed's part kept: a region that runs on along a thin ribbon of the same
+intensity (cortex around a nucleus) would teach that a click means everything of that intensity it touches.
 
 The MNI152 2009 volume is used for training only; evaluation uses other packages' volumes (lib.data.heldout).
 """
@@ -16,7 +18,7 @@ from .packaged import mni152, mni152_structures, thick_slices
 
 
 def _region_from_seed(rng: np.random.Generator, smooth: np.ndarray, head: np.ndarray, size: int):
-    """A crop around a random seed and the intensity-connected region containing the seed inside it."""
+    """A crop around a random seed and the compact intensity-connected region containing the seed inside it."""
     coords = np.argwhere(head)
     for _ in range(20):
         c = coords[rng.integers(len(coords))]
@@ -27,7 +29,11 @@ def _region_from_seed(rng: np.random.Generator, smooth: np.ndarray, head: np.nda
         v = smooth[tuple(c)]
         tol = rng.uniform(0.04, 0.12)
         inside = np.abs(crop - v) < tol
+        r = int(rng.integers(1, 3))
+        inside = ndi.binary_opening(inside, ndi.generate_binary_structure(3, 1), iterations=r)
         lab, _ = ndi.label(inside)
+        if lab[tuple(c - lo)] == 0:  # the seed lay on a ribbon or a bridge: no compact structure there
+            continue
         target = lab == lab[tuple(c - lo)]
         n = int(target.sum())
         if 200 < n < 0.5 * target.size:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
 
 
 def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.99,
@@ -208,3 +209,24 @@ def click_maps(positive: list[tuple[float, float]], negative: list[tuple[float, 
             g = torch.exp(-((grid[:, None] - x) ** 2 + (grid[None, :] - y) ** 2) / (2 * sigma**2))
             maps[c] = torch.maximum(maps[c], g)
     return maps
+
+
+def negative_side(frame: np.ndarray, pos: list, neg: list, weight: float) -> np.ndarray:
+    """Pixels of a 2D frame geodesically nearer a negative click than every positive one (bool, frame's shape).
+
+    Paths cost 1 per pixel plus `weight` times the smoothed intensity gradient, so a region of like intensity
+    belongs to the click inside it: a negative click on the organ around a clicked lesion claims the organ, one
+    on a leak claims the leak, and the object the positive clicks sit in stays theirs.
+    """
+    from skimage.graph import MCP_Geometric
+
+    f = frame.astype(np.float32)
+    gx, gy = np.gradient(gaussian_filter(f, 1.0))
+    cost = 1.0 + weight * np.hypot(gx, gy)
+    h, w = f.shape
+
+    def dist(points: list) -> np.ndarray:
+        seeds = [(min(max(int(round(x)), 0), h - 1), min(max(int(round(y)), 0), w - 1)) for x, y in points]
+        return MCP_Geometric(cost).find_costs(seeds)[0]
+
+    return dist(neg) < dist(pos)

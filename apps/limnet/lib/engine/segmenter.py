@@ -20,6 +20,7 @@ from .geometry import (
     crop_slices,
     enclosing_region,
     extent_xy,
+    negative_side,
     neighbour_indices,
     normalize_intensity,
     paste_mask,
@@ -40,14 +41,17 @@ class LimNetSegmenter:
     def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
                  propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
                  box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True,
-                 local_rounds: bool = True) -> None:
+                 local_rounds: bool = True, negative_geodesic: float = 0.0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
         intensity window (else the volume's); `split_leaks`: a negative click on a leak grown onto the object
         removes the leak, not the object with it (`_trimmed`); `local_rounds`: a round changes only the slices
-        nearer to a newly clicked slice than to an earlier clicked one (`_settled_slices`)."""
+        nearer to a newly clicked slice than to an earlier clicked one (`_settled_slices`); `negative_geodesic`:
+        on a slice with positive and negative clicks, drop what lies geodesically nearer a negative click
+        (`negative_side`, edge weight; 0: off)."""
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
+        self.negative_geodesic = negative_geodesic
         self.local_rounds = local_rounds
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
@@ -77,7 +81,11 @@ class LimNetSegmenter:
         to_w = [box.to_working(x, y, self.size) for x, y in pos], [box.to_working(x, y, self.size) for x, y in neg]
         x = torch.cat([frames, click_maps(*to_w, self.size)[None]], dim=1).to(self.device)
         with torch.inference_mode(), self._autocast():
-            return torch.sigmoid(self.net.interaction(x))[0, 0].float()
+            prob = torch.sigmoid(self.net.interaction(x))[0, 0].float()
+        if self.negative_geodesic and pos and neg:
+            keep = ~negative_side(frames[0, 1].numpy(), *to_w, self.negative_geodesic)
+            prob = prob * torch.from_numpy(keep).to(prob.device)
+        return prob
 
     def _trimmed(self, state: InteractionState, box: Box, k: int, negative: list) -> np.ndarray | None:
         """The prompt of a slice that only got negative clicks: the last round's mask there, less what the clicks
