@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 from lib.data.evaluation import regressions  # noqa: E402
 from lib.data.robot import run_robot  # noqa: E402
 from lib.data.synthetic import KINDS, generate_case  # noqa: E402
+from lib.engine.propagation import PropagationConfig  # noqa: E402
 from lib.engine.segmenter import LimNetSegmenter  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 
@@ -33,8 +34,8 @@ VARIANTS = {
     "guarded+window-split": dict(box_search="guarded", local_window=True, split_leaks=False),
     "guarded+window-local": dict(box_search="guarded", local_window=True, local_rounds=False),
     "guarded+window+mrf": dict(box_search="guarded", local_window=True, use_fusion=True),
-    "guarded+window+geo100": dict(box_search="guarded", local_window=True, negative_geodesic=100.0),
-    "guarded+window+geo300": dict(box_search="guarded", local_window=True, negative_geodesic=300.0),
+    "guarded+window-geo": dict(box_search="guarded", local_window=True, negative_geodesic=0.0),
+    "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 
 

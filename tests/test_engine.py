@@ -140,10 +140,10 @@ def test_a_later_click_propagates_only_its_own_stretch(net) -> None:
     assert second.flags.f_contiguous and state.region is not None and second[state.region].sum() == second.sum()
 
 
-def test_negative_side_follows_intensity_edges():
-    """A negative click on the organ around a clicked lesion claims the organ, not the lesion: the split follows
-    the edge between them, not the half-way line between the clicks."""
-    from lib.engine.geometry import negative_side
+def test_negative_claim_follows_intensity_edges():
+    """A negative click on the organ around a clicked lesion takes back the organ, not the lesion: the split
+    follows the edge between them, not the half-way line between the clicks; parts without a click stay."""
+    from lib.engine.geometry import negative_claim
 
     rng = np.random.default_rng(0)
     frame = np.full((96, 96), 0.2, np.float32)
@@ -154,8 +154,10 @@ def test_negative_side_follows_intensity_edges():
     frame[lesion] = 0.8
     frame += rng.normal(0, 0.02, frame.shape).astype(np.float32)
     # clicks are (axis 0, axis 1) = (row, column): the lesion's centre and a point of the organ 15 pixels from its edge
-    neg = negative_side(frame, [(48, 60)], [(48, 35)], weight=100.0)
-    halfway = negative_side(frame, [(48, 60)], [(48, 35)], weight=0.0)  # no edge term: the half-way line
-    assert not neg[lesion].any()
-    assert neg[organ & (xx < 50)].all()
-    assert neg[organ & ~lesion].mean() > halfway[organ & ~lesion].mean() + 0.2
+    claim = negative_claim(frame, organ, [(48, 60)], [(48, 35)], weight=100.0)
+    halfway = negative_claim(frame, organ, [(48, 60)], [(48, 35)], weight=0.0)  # no edge term: the half-way line
+    assert not claim[lesion].any()
+    assert claim[organ & (xx < 50)].all() and not claim[~organ].any()
+    assert claim[organ & ~lesion].mean() > halfway[organ & ~lesion].mean() + 0.2
+    apart = organ & ~((xx > 40) & (xx < 44))  # a cut through the organ: the part without a click is not taken
+    assert not negative_claim(frame, apart, [(48, 60)], [(48, 20)], weight=100.0)[apart & (xx > 44)].any()

@@ -211,13 +211,16 @@ def click_maps(positive: list[tuple[float, float]], negative: list[tuple[float, 
     return maps
 
 
-def negative_side(frame: np.ndarray, pos: list, neg: list, weight: float) -> np.ndarray:
-    """Pixels of a 2D frame geodesically nearer a negative click than every positive one (bool, frame's shape).
+def negative_claim(frame: np.ndarray, mask: np.ndarray, pos: list, neg: list, weight: float) -> np.ndarray:
+    """The parts of a slice's 2D `mask` its negative clicks take back (bool, the frame's shape): pixels
+    geodesically nearer a negative click than every positive one, in the connected parts holding a negative click.
 
     Paths cost 1 per pixel plus `weight` times the smoothed intensity gradient, so a region of like intensity
     belongs to the click inside it: a negative click on the organ around a clicked lesion claims the organ, one
-    on a leak claims the leak, and the object the positive clicks sit in stays theirs.
+    on a leak claims the leak, and the object the positive clicks sit in stays theirs. Only the parts holding a
+    click go: a click beside a thin rim takes the rim, not every weak edge of the object.
     """
+    from scipy.ndimage import label
     from skimage.graph import MCP_Geometric
 
     f = frame.astype(np.float32)
@@ -225,8 +228,10 @@ def negative_side(frame: np.ndarray, pos: list, neg: list, weight: float) -> np.
     cost = 1.0 + weight * np.hypot(gx, gy)
     h, w = f.shape
 
-    def dist(points: list) -> np.ndarray:
-        seeds = [(min(max(int(round(x)), 0), h - 1), min(max(int(round(y)), 0), w - 1)) for x, y in points]
-        return MCP_Geometric(cost).find_costs(seeds)[0]
+    def pixels(points: list) -> list[tuple[int, int]]:
+        return [(min(max(int(round(x)), 0), h - 1), min(max(int(round(y)), 0), w - 1)) for x, y in points]
 
-    return dist(neg) < dist(pos)
+    nearer = MCP_Geometric(cost).find_costs(pixels(neg))[0] < MCP_Geometric(cost).find_costs(pixels(pos))[0]
+    parts, _ = label(nearer & mask)
+    ids = {parts[p] for p in pixels(neg)} - {0}
+    return np.isin(parts, list(ids)) if ids else np.zeros_like(mask, dtype=bool)

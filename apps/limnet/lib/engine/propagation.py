@@ -51,6 +51,8 @@ class PropagationConfig:
     reach: int = 6  # working-grid pixels a slice's mask may move from the previous slice's and still connect
     settle: int = 2  # slices in a row that match the last round before a sweep hands over to the last round
     same_iou: float = 0.97  # a slice "matches" the last round at this IoU of the masks
+    edge_stop: int = 2  # a propagated slice whose mask runs into this many edges of the box (inside the image) ends
+    # the sweep: the box holds the object with a margin, so filling it means the memory ran onto a neighbour
 
 
 def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float, reach: int) -> torch.Tensor:
@@ -68,6 +70,14 @@ def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float,
     hits = np.unique(lab[near.cpu().numpy() & mask])
     keep = np.isin(lab, hits[hits > 0]) | ~mask  # soft values below threshold stay as they are
     return prob * torch.from_numpy(keep).to(prob.device)
+
+
+def _edges_touched(mask: torch.Tensor, features: SliceFeatures) -> int:
+    """How many of the box's edges that lie inside the image the working-grid mask reaches."""
+    box, (h, w) = features.box, features.volume.shape[:2]
+    edges = [(mask[0].any(), box.x0 > 0), (mask[-1].any(), box.x1 < h), (mask[:, 0].any(), box.y0 > 0),
+             (mask[:, -1].any(), box.y1 < w)]
+    return sum(1 for touched, inside in edges if touched and inside)
 
 
 def _same(a: torch.Tensor, b: torch.Tensor, threshold: float, iou: float) -> bool:
@@ -124,6 +134,9 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         bank.record_usage(usage)
         out[k] = prob[0, 0]
         area = float((prob > cfg.threshold).sum())
+        if cfg.edge_stop and _edges_touched(prob[0, 0] > cfg.threshold, features) >= cfg.edge_stop:
+            del out[k]
+            break
         if area < cfg.stop_area:
             empty = empty + 1 if (k - last_anchor) * direction > 0 else 0
             if empty >= cfg.patience:

@@ -20,7 +20,7 @@ from .geometry import (
     crop_slices,
     enclosing_region,
     extent_xy,
-    negative_side,
+    negative_claim,
     neighbour_indices,
     normalize_intensity,
     paste_mask,
@@ -41,15 +41,15 @@ class LimNetSegmenter:
     def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
                  propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
                  box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True,
-                 local_rounds: bool = True, negative_geodesic: float = 0.0) -> None:
+                 local_rounds: bool = True, negative_geodesic: float = 100.0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
         intensity window (else the volume's); `split_leaks`: a negative click on a leak grown onto the object
         removes the leak, not the object with it (`_trimmed`); `local_rounds`: a round changes only the slices
         nearer to a newly clicked slice than to an earlier clicked one (`_settled_slices`); `negative_geodesic`:
-        on a slice with positive and negative clicks, drop what lies geodesically nearer a negative click
-        (`negative_side`, edge weight; 0: off)."""
+        on a slice with positive and negative clicks, the interaction module's answer loses the parts that lie
+        geodesically nearer a negative click and hold one (`negative_claim`, its edge weight; 0: off)."""
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
         self.negative_geodesic = negative_geodesic
         self.local_rounds = local_rounds
@@ -83,8 +83,8 @@ class LimNetSegmenter:
         with torch.inference_mode(), self._autocast():
             prob = torch.sigmoid(self.net.interaction(x))[0, 0].float()
         if self.negative_geodesic and pos and neg:
-            keep = ~negative_side(frames[0, 1].numpy(), *to_w, self.negative_geodesic)
-            prob = prob * torch.from_numpy(keep).to(prob.device)
+            claimed = negative_claim(frames[0, 1].numpy(), (prob > 0.5).cpu().numpy(), *to_w, self.negative_geodesic)
+            prob = prob * torch.from_numpy(~claimed).to(prob.device)
         return prob
 
     def _trimmed(self, state: InteractionState, box: Box, k: int, negative: list) -> np.ndarray | None:
