@@ -155,10 +155,10 @@ def main() -> None:
         stop_server(proc)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| volume | shape | object voxels | cold first click s | first click s | later clicks s (median / min / "
-          "max) | of which network s (later, median) | flood fill s (median / min / max) | flood / LIM-Net (later, "
-          "REST) | flood / network | LIM-Net Dice, last click | flood fill Dice, last click |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| volume | shape | object voxels | cold first click s | first click s | later clicks s, median | min | max "
+          "| of which network s (later, median) | flood fill s, median | min | max | flood / LIM-Net (later, REST) "
+          "| flood / network | LIM-Net Dice, last click | flood fill Dice, last click |")
+    print("|---" * 16 + "|")
     for name, shape, n, cold, lim, engine, ff, d, fd in rows:
         print(f"| {name} | {'x'.join(map(str, shape))} | {n} | {cold:.2f} | {lim[0]:.2f} | {fmt(lim[1:])} | "
               f"{np.median(engine[1:]):.2f} | {fmt(ff)} | {np.median(ff) / np.median(lim[1:]):.2f}x | "

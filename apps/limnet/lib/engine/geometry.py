@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, label
 
 
 def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.99,
@@ -220,7 +220,6 @@ def negative_claim(frame: np.ndarray, mask: np.ndarray, pos: list, neg: list, we
     on a leak claims the leak, and the object the positive clicks sit in stays theirs. Only the parts holding a
     click go: a click beside a thin rim takes the rim, not every weak edge of the object.
     """
-    from scipy.ndimage import label
     from skimage.graph import MCP_Geometric
 
     f = frame.astype(np.float32)
