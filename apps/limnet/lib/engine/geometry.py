@@ -211,6 +211,14 @@ def click_maps(positive: list[tuple[float, float]], negative: list[tuple[float, 
     return maps
 
 
+def inner_edges_touched(mask: torch.Tensor, box: Box, shape: tuple[int, int]) -> int:
+    """How many edges of `box` that lie inside an image of in-plane `shape` a bool working-grid mask of the box
+    reaches: what runs into such an edge is cut by the box (edges on the image's border cut nothing)."""
+    touched = (mask[0].any(), mask[-1].any(), mask[:, 0].any(), mask[:, -1].any())
+    inside = (box.x0 > 0, box.x1 < shape[0], box.y0 > 0, box.y1 < shape[1])
+    return sum(1 for t, i in zip(touched, inside) if bool(t) and i)
+
+
 def negative_claim(frame: np.ndarray, mask: np.ndarray, pos: list, neg: list, weight: float) -> np.ndarray:
     """The parts of a slice's 2D `mask` its negative clicks take back (bool, the frame's shape): pixels
     geodesically nearer a negative click than every positive one, in the connected parts holding a negative click.

@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from lib.net.memory import MemoryModel
 
-from .geometry import Box, Window, crop_slices, neighbour_indices
+from .geometry import Box, Window, crop_slices, inner_edges_touched, neighbour_indices
 from .memory_bank import MemoryBank
 
 
@@ -72,14 +72,6 @@ def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float,
     return prob * torch.from_numpy(keep).to(prob.device)
 
 
-def _edges_touched(mask: torch.Tensor, features: SliceFeatures) -> int:
-    """How many of the box's edges that lie inside the image the working-grid mask reaches."""
-    box, (h, w) = features.box, features.volume.shape[:2]
-    edges = [(mask[0].any(), box.x0 > 0), (mask[-1].any(), box.x1 < h), (mask[:, 0].any(), box.y0 > 0),
-             (mask[:, -1].any(), box.y1 < w)]
-    return sum(1 for touched, inside in edges if touched and inside)
-
-
 def _same(a: torch.Tensor, b: torch.Tensor, threshold: float, iou: float) -> bool:
     ma, mb = a > threshold, b > threshold
     union = int((ma | mb).sum())
@@ -134,7 +126,8 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         bank.record_usage(usage)
         out[k] = prob[0, 0]
         area = float((prob > cfg.threshold).sum())
-        if cfg.edge_stop and _edges_touched(prob[0, 0] > cfg.threshold, features) >= cfg.edge_stop:
+        if cfg.edge_stop and inner_edges_touched(prob[0, 0] > cfg.threshold, features.box,
+                                                 features.volume.shape[:2]) >= cfg.edge_stop:
             del out[k]
             break
         if area < cfg.stop_area:

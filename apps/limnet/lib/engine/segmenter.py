@@ -20,6 +20,7 @@ from .geometry import (
     crop_slices,
     enclosing_region,
     extent_xy,
+    inner_edges_touched,
     negative_claim,
     neighbour_indices,
     normalize_intensity,
@@ -358,11 +359,7 @@ class LimNetSegmenter:
         edge are more often leaks than a growing object (the next round's box follows the mask anyway)."""
         if box.size >= max(shape):
             return None
-        edge = torch.stack([torch.cat([p[0], p[-1], p[:, 0], p[:, -1]]) for p in anchors.values()]) > 0.5
-        n = edge.shape[1] // 4
-        inside = [box.x0 > 0, box.x1 < shape[0], box.y0 > 0, box.y1 < shape[1]]
-        touching = any(edge[:, i * n : (i + 1) * n].any() and inside[i] for i in range(4))
-        if not touching:
+        if not any(inner_edges_touched(p > 0.5, box, shape) for p in anchors.values()):
             return None
         return Box.around(box.x0, box.x1 - 1, box.y0, box.y1 - 1, 1.5, 32).clamp_to(shape)
 
