@@ -3,6 +3,11 @@
 variants of the inference pipeline side by side (`-x`: the default without x; `+mrf`: with round fusion).
 
     .venv/bin/python scripts/validate.py --cases 4 --rounds 4
+    .venv/bin/python scripts/validate.py --variants guarded+window --weights a.pt,b.pt   # two weights files
+
+The robot loop is chaotic (one changed pixel early changes every later click), so besides the means a paired
+table compares each run with the first on the very same cases: the mean per-case difference with a bootstrap 95%
+interval. A difference whose interval holds 0 is noise at this number of cases.
 """
 
 from __future__ import annotations
@@ -44,33 +49,60 @@ def main() -> None:
     p.add_argument("--cases", type=int, default=4, help="cases per kind")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--weights", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
+    p.add_argument("--weights", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"),
+                   help="weights file; several, comma-separated, run every variant with each (named variant@file)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    net = LimNet.load(args.weights)
-    variants = [v.strip() for v in args.variants.split(",")]
-    dice: dict[str, dict[str, list[list[float]]]] = {v: {k: [] for k in KINDS} for v in variants}
+    files = [w.strip() for w in args.weights.split(",") if w.strip()]
+    nets = {w: LimNet.load(w) for w in files}
+    runs_of = [(v.strip(), w) for w in files for v in args.variants.split(",")]  # (variant, weights file)
+    names = [v if len(files) == 1 else f"{v}@{os.path.splitext(os.path.basename(w))[0]}" for v, w in runs_of]
+    if len(set(names)) < len(names):
+        raise SystemExit("two runs share a name: give the weights files different names")
+    dice: dict[str, dict[str, list[list[float]]]] = {n: {k: [] for k in KINDS} for n in names}
     t0 = time.time()
     for i in range(args.cases):
         for j, kind in enumerate(KINDS):
             case = generate_case(np.random.default_rng(VALIDATION_SEED + 100 * i + j), kind)
-            for v in variants:
-                seg = LimNetSegmenter(net, "cpu", **{"use_fusion": False, **VARIANTS[v]})
+            for name, (v, w) in zip(names, runs_of):
+                seg = LimNetSegmenter(nets[w], "cpu", **{"use_fusion": False, **VARIANTS[v]})
                 state = seg.new_state(case.image)
                 run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, args.rounds, case.spacing)
                 d = run.dice + [run.dice[-1]] * (args.rounds - len(run.dice))
-                dice[v][kind].append(d)
+                dice[name][kind].append(d)
         print(f"# {i + 1}/{args.cases} cases per kind, {time.time() - t0:.0f}s", flush=True)
     print("\n| variant | kind | " + " | ".join(f"Dice@{r + 1}" for r in range(args.rounds)) + " | drops > 0.01 |")
     print("|---|---|" + "---|" * (args.rounds + 1))
-    for v in variants:
+    for v in names:
         for kind in KINDS:
             m = np.mean(dice[v][kind], axis=0)
             print(f"| {v} | {kind} | " + " | ".join(f"{x:.3f}" for x in m) + f" | {drops(dice[v][kind])} |")
         runs = [d for k in KINDS for d in dice[v][k]]
         m = np.mean(runs, axis=0)
         print(f"| {v} | **all** | " + " | ".join(f"**{x:.3f}**" for x in m) + f" | **{drops(runs)}** |")
+    if len(names) > 1:
+        print(paired_table(dice, names))
+
+
+def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str], draws: int = 2000) -> str:
+    """Each run against the first on the same cases: mean per-case difference of the mean Dice over all clicks and
+    of the last click's Dice, each with a bootstrap 95% interval over cases, and cases better / worse by > 0.01."""
+    ref = np.array([d for k in KINDS for d in dice[names[0]][k]])
+    rng = np.random.default_rng(0)
+    lines = [f"\nagainst {names[0]}, same cases (bootstrap 95% intervals over {len(ref)} cases):",
+             "| run | mean over clicks - ref | 95% interval | last click - ref | 95% interval | cases better / worse |",
+             "|---|---|---|---|---|---|"]
+    for v in names[1:]:
+        diff = np.array([d for k in KINDS for d in dice[v][k]]) - ref
+        cells = []
+        for col in (diff.mean(axis=1), diff[:, -1]):
+            boot = col[rng.integers(len(col), size=(draws, len(col)))].mean(axis=1)
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            cells += [f"{col.mean():+.3f}", f"[{lo:+.3f}, {hi:+.3f}]"]
+        last = diff[:, -1]
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {int((last > 0.01).sum())} / {int((last < -0.01).sum())} |")
+    return "\n".join(lines)
 
 
 def drops(runs: list[list[float]]) -> str:
