@@ -78,7 +78,7 @@ def main() -> None:
         for kind in KINDS:
             m = np.mean(dice[v][kind], axis=0)
             print(f"| {v} | {kind} | " + " | ".join(f"{x:.3f}" for x in m) + f" | {drops(dice[v][kind])} |")
-        runs = [d for k in KINDS for d in dice[v][k]]
+        runs = pooled(dice[v])
         m = np.mean(runs, axis=0)
         print(f"| {v} | **all** | " + " | ".join(f"**{x:.3f}**" for x in m) + f" | **{drops(runs)}** |")
     if len(names) > 1:
@@ -88,13 +88,13 @@ def main() -> None:
 def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str], draws: int = 2000) -> str:
     """Each run against the first on the same cases: mean per-case difference of the mean Dice over all clicks and
     of the last click's Dice, each with a bootstrap 95% interval over cases, and cases better / worse by > 0.01."""
-    ref = np.array([d for k in KINDS for d in dice[names[0]][k]])
+    ref = np.array(pooled(dice[names[0]]))
     rng = np.random.default_rng(0)
     lines = [f"\nagainst {names[0]}, same cases (bootstrap 95% intervals over {len(ref)} cases):",
              "| run | mean over clicks - ref | 95% interval | last click - ref | 95% interval | cases better / worse |",
              "|---|---|---|---|---|---|"]
     for v in names[1:]:
-        diff = np.array([d for k in KINDS for d in dice[v][k]]) - ref
+        diff = np.array(pooled(dice[v])) - ref
         cells = []
         for col in (diff.mean(axis=1), diff[:, -1]):
             boot = col[rng.integers(len(col), size=(draws, len(col)))].mean(axis=1)
@@ -103,6 +103,11 @@ def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str]
         last = diff[:, -1]
         lines.append(f"| {v} | " + " | ".join(cells) + f" | {int((last > 0.01).sum())} / {int((last < -0.01).sum())} |")
     return "\n".join(lines)
+
+
+def pooled(by_kind: dict[str, list[list[float]]]) -> list[list[float]]:
+    """One run's per-case Dice lists of every kind, in the same case order for every run (so they pair)."""
+    return [d for k in KINDS for d in by_kind[k]]
 
 
 def drops(runs: list[list[float]]) -> str:
