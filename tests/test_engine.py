@@ -59,6 +59,17 @@ def test_several_anchors_cover_the_slices_between(net, setup):
         assert k in out and slice_dice(out[k], label, box, k) > 0.7, k
 
 
+def test_parallel_sweeps_give_the_sequential_result(net, setup):
+    """The two sweeps run in two threads on the CPU and share the slice-feature cache: same answer as one thread."""
+    image, label, box, _ = setup
+    anchors = anchor_probs(label, box, [18, 36])
+    runs = [propagate(net.memory, SliceFeatures(net.memory, image, box, WORKING_SIZE, torch.device("cpu")), anchors,
+                      PropagationConfig(parallel=parallel)) for parallel in (False, True)]
+    assert sorted(runs[0]) == sorted(runs[1]) and len(runs[0]) > 25
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+
+
 def test_stops_where_the_object_ends(net, setup):
     image, label, box, feats = setup
     cfg = PropagationConfig()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,9 @@ class SliceFeatures:
     """Query-encoder outputs per slice for one volume, one box and its intensity window, computed in chunks and
     cached.
 
-    Lives in the interaction state, so a later round in the same box re-encodes nothing.
+    Lives in the interaction state, so a later round in the same box re-encodes nothing. The two sweeps of a round
+    may call `get` from two threads: each sweep encodes the chunk ahead of itself, so they rarely ask for the same
+    slice, and when they do (the anchors) both store the same tensors.
     """
 
     def __init__(self, memory: MemoryModel, volume: np.ndarray, box: Box, size: int, device: torch.device,
@@ -53,6 +56,8 @@ class PropagationConfig:
     same_iou: float = 0.97  # a slice "matches" the last round at this IoU of the masks
     edge_stop: int = 2  # a propagated slice whose mask runs into this many edges of the box (inside the image) ends
     # the sweep: the box holds the object with a margin, so filling it means the memory ran onto a neighbour
+    parallel: bool = True  # on the CPU, run the two sweeps in two threads: they are independent, and one sweep's
+    # small convolutions do not keep two cores busy (first click on a 95-slice object: 2.5 s -> 1.5 s, README)
 
 
 def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float, reach: int) -> torch.Tensor:
@@ -161,9 +166,18 @@ def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, t
     """
     cfg = cfg or PropagationConfig()
     anchors = {k: v.reshape(1, 1, *v.shape[-2:]) for k, v in anchors.items()}
-    with torch.inference_mode():
-        fwd = _sweep(memory, features, anchors, +1, cfg, previous, span)
-        bwd = _sweep(memory, features, anchors, -1, cfg, previous, span)
+
+    def sweep(direction: int) -> dict[int, torch.Tensor]:
+        with torch.inference_mode():  # thread-local: entered in the thread that runs the sweep
+            return _sweep(memory, features, anchors, direction, cfg, previous, span)
+
+    if cfg.parallel and features.device.type == "cpu":
+        with ThreadPoolExecutor(1) as pool:
+            backward = pool.submit(sweep, -1)
+            fwd = sweep(+1)
+            bwd = backward.result()
+    else:  # CUDA: autocast is thread-local too, and one stream runs the kernels in order anyway
+        fwd, bwd = sweep(+1), sweep(-1)
     ks = np.array(sorted(anchors))
     result = {k: v[0, 0] for k, v in anchors.items()}
     for k in set(fwd) | set(bwd):
