@@ -40,6 +40,7 @@ VARIANTS = {
     "guarded+window-local": dict(box_search="guarded", local_window=True, local_rounds=False),
     "guarded+window+mrf": dict(box_search="guarded", local_window=True, use_fusion=True),
     "guarded+window-geo": dict(box_search="guarded", local_window=True, negative_geodesic=0.0),
+    "guarded+window-adds": dict(box_search="guarded", local_window=True, positive_adds=False),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 
@@ -87,21 +88,29 @@ def main() -> None:
 
 def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str], draws: int = 2000) -> str:
     """Each run against the first on the same cases: mean per-case difference of the mean Dice over all clicks and
-    of the last click's Dice, each with a bootstrap 95% interval over cases, and cases better / worse by > 0.01."""
+    of the last click's Dice, each with a bootstrap 95% interval over cases, cases better / worse by > 0.01, and the
+    difference in round-to-round drops (total over the cases, its interval from the same resampling of cases)."""
     ref = np.array(pooled(dice[names[0]]))
     rng = np.random.default_rng(0)
     lines = [f"\nagainst {names[0]}, same cases (bootstrap 95% intervals over {len(ref)} cases):",
-             "| run | mean over clicks - ref | 95% interval | last click - ref | 95% interval | cases better / worse |",
-             "|---|---|---|---|---|---|"]
+             "| run | mean over clicks - ref | 95% interval | last click - ref | 95% interval | cases better / worse "
+             "| drops - ref | 95% interval |",
+             "|---|---|---|---|---|---|---|---|"]
+    ref_drops = np.array([regressions(r) for r in pooled(dice[names[0]])])
     for v in names[1:]:
         diff = np.array(pooled(dice[v])) - ref
+        drop_diff = np.array([regressions(r) for r in pooled(dice[v])]) - ref_drops
         cells = []
-        for col in (diff.mean(axis=1), diff[:, -1]):
-            boot = col[rng.integers(len(col), size=(draws, len(col)))].mean(axis=1)
+        for col, fmt, scale in ((diff.mean(axis=1), "+.3f", 1), (diff[:, -1], "+.3f", 1), (drop_diff, "+d", len(ref))):
+            boot = col[rng.integers(len(col), size=(draws, len(col)))].mean(axis=1) * scale
             lo, hi = np.percentile(boot, [2.5, 97.5])
-            cells += [f"{col.mean():+.3f}", f"[{lo:+.3f}, {hi:+.3f}]"]
+            if fmt == "+d":
+                cells += [f"{int(col.sum()):+d}", f"[{lo:+.0f}, {hi:+.0f}]"]
+            else:
+                cells += [f"{col.mean():{fmt}}", f"[{lo:{fmt}}, {hi:{fmt}}]"]
         last = diff[:, -1]
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {int((last > 0.01).sum())} / {int((last < -0.01).sum())} |")
+        lines.append(f"| {v} | " + " | ".join(cells[:4]) + f" | {int((last > 0.01).sum())} / {int((last < -0.01).sum())}"
+                     f" | " + " | ".join(cells[4:]) + " |")
     return "\n".join(lines)
 
 

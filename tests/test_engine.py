@@ -122,6 +122,26 @@ def test_negative_click_on_a_leak_keeps_the_object_core() -> None:
     assert LimNetSegmenter._core_away_from(core, [(30, 30)]) is None
 
 
+def test_a_positive_click_only_adds_on_its_slice(net) -> None:
+    """A positive click on a slice the last round reached keeps that slice's mask and adds what it points at: the
+    interaction module, which sees only the clicks, would answer from scratch and could drop what was found."""
+    from lib.engine.geometry import Box
+    from lib.engine.state import InteractionState
+
+    rng = np.random.default_rng(0)
+    x, y = np.ogrid[:64, :64]
+    found = ((x - 20) ** 2 + (y - 20) ** 2 < 8**2)[:, :, None] & (np.arange(12) > 0)  # last round's object
+    missed = ((x - 44) ** 2 + (y - 44) ** 2 < 6**2)[:, :, None] & (np.arange(12) > 0)  # a part it missed
+    image = (0.2 + 0.6 * (found | missed) + rng.normal(0, 0.03, found.shape)).astype(np.float32)
+    state = InteractionState(image=image, mask=found.copy())
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    box = Box(0, 0, 64)
+    prompt = seg._added(state, box, 6, [(44, 44)])
+    assert prompt[found[:, :, 6]].all(), "what the last round found on the slice stays"
+    assert prompt[44, 44] and prompt[missed[:, :, 6]].mean() > 0.8, "the clicked part is added"
+    assert seg._added(InteractionState(image=image), box, 6, [(44, 44)]) is None  # first round: the module answers
+
+
 def test_a_round_leaves_slices_nearer_to_earlier_clicks_alone() -> None:
     """Local rounds: a new click on slice 20 re-decides slices 15.. (15 is a tie: the new click wins); slices
     up to 14 are nearer to slice 10's earlier click and stay as the last round had them."""

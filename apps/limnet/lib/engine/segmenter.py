@@ -42,7 +42,7 @@ class LimNetSegmenter:
     def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
                  propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
                  box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True,
-                 local_rounds: bool = True, negative_geodesic: float = 100.0) -> None:
+                 local_rounds: bool = True, negative_geodesic: float = 100.0, positive_adds: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -50,10 +50,13 @@ class LimNetSegmenter:
         removes the leak, not the object with it (`_trimmed`); `local_rounds`: a round changes only the slices
         nearer to a newly clicked slice than to an earlier clicked one (`_settled_slices`); `negative_geodesic`:
         on a slice with positive and negative clicks, the interaction module's answer loses the parts that lie
-        geodesically nearer a negative click and hold one (`negative_claim`, its edge weight; 0: off)."""
+        geodesically nearer a negative click and hold one (`negative_claim`, its edge weight; 0: off);
+        `positive_adds`: a slice with only positive clicks keeps the last round's mask there and adds what the
+        clicks point at (`_added`)."""
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
         self.negative_geodesic = negative_geodesic
         self.local_rounds = local_rounds
+        self.positive_adds = positive_adds
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         self.use_fusion = use_fusion
@@ -130,12 +133,27 @@ class LimNetSegmenter:
             return None
         return int(i[0] + sl[0].start), int(i[1] + sl[1].start)
 
+    def _added(self, state: InteractionState, box: Box, k: int, pos: list) -> np.ndarray | None:
+        """The prompt of a slice that only got positive clicks: the last round's mask there plus the components of
+        the interaction module's answer the clicks fall on (None before the first round). A positive click says
+        "this is object too": it does not take back what the last round found on that slice, and the module,
+        which sees only the clicks, answers a click on a thin missed rim from scratch (validation, 144 cases: 17
+        fewer drops, [-29, -4]; Dice +0.005 over clicks, [-0.002, +0.011])."""
+        if state.mask is None:
+            return None
+        last = state.mask[:, :, k]
+        found = self._clicked_component(state.image, box, k, pos, [])
+        return last | found[0] if found is not None else last
+
     def _anchor(self, state: InteractionState, box: Box, k: int, pos: list, neg: list) -> torch.Tensor:
+        prompt = None
         if not pos:
-            trimmed = self._trimmed(state, box, k, neg)
-            if trimmed is not None:
-                t = crop_slices(trimmed[:, :, None].astype(np.float32), box, np.array([[0]]), self.size)[0, 0]
-                return (t > 0.5).float().to(self.device)
+            prompt = self._trimmed(state, box, k, neg)
+        elif not neg and self.positive_adds:
+            prompt = self._added(state, box, k, pos)
+        if prompt is not None:
+            t = crop_slices(prompt[:, :, None].astype(np.float32), box, np.array([[0]]), self.size)[0, 0]
+            return (t > 0.5).float().to(self.device)
         return self._interact(state.image, box, k, pos, neg)
 
     def _choose_box(self, state: InteractionState, by_slice: dict[int, tuple[list, list]]) -> Box:
