@@ -70,6 +70,22 @@ def test_parallel_sweeps_give_the_sequential_result(net, setup):
         assert torch.equal(runs[0][k], runs[1][k]), k
 
 
+def test_cpu_threads_are_split_between_the_sweeps() -> None:
+    """Without a GPU the app gives torch half of its default threads (each sweep one half); the conf overrides."""
+    from lib.configs.limnet import TORCH_DEFAULT_THREADS, LimNetConfig
+
+    before = torch.get_num_threads()
+    try:
+        LimNetConfig._set_cpu_threads("3")
+        assert torch.get_num_threads() == 3
+        if not torch.cuda.is_available():
+            LimNetConfig._set_cpu_threads(None)
+            LimNetConfig._set_cpu_threads(None)  # idempotent: init may run twice in one process
+            assert torch.get_num_threads() == max(1, TORCH_DEFAULT_THREADS // 2)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_stops_where_the_object_ends(net, setup):
     image, label, box, feats = setup
     cfg = PropagationConfig()
