@@ -63,8 +63,11 @@ def test_parallel_sweeps_give_the_sequential_result(net, setup):
     """The two sweeps run in two threads on the CPU and share the slice-feature cache: same answer as one thread."""
     image, label, box, _ = setup
     anchors = anchor_probs(label, box, [18, 36])
-    runs = [propagate(net.memory, SliceFeatures(net.memory, image, box, WORKING_SIZE, torch.device("cpu")), anchors,
-                      PropagationConfig(parallel=parallel)) for parallel in (False, True)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        runs = [propagate(net.memory, SliceFeatures(net.memory, image, box, WORKING_SIZE, torch.device("cpu")),
+                          anchors, executor=executor) for executor in (None, pool)]
     assert sorted(runs[0]) == sorted(runs[1]) and len(runs[0]) > 25
     for k in runs[0]:
         assert torch.equal(runs[0][k], runs[1][k]), k
@@ -185,6 +188,22 @@ def test_a_later_click_propagates_only_its_own_stretch(net) -> None:
     second = seg.add_clicks(state, [(24, 24, 10), (24, 24, 20)], [])
     assert np.array_equal(first[:, :, :15], second[:, :, :15])
     assert second.flags.f_contiguous and state.region is not None and second[state.region].sum() == second.sum()
+
+
+def test_negative_clicks_far_from_the_positive_one_keep_their_stretch(net) -> None:
+    """A local round pastes only the slices it re-decides, and its sweeps start at the nearest clicked slice, here
+    one with only a negative click; whether those slices connect to a positive click is judged with the settled
+    slices in place. Judged without them (until 2026-12-02), a second negative click on a background pixel, 10
+    slices from the only positive click, dropped the object from its whole stretch of slices."""
+    image, label = capsule_volume()
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    state = seg.new_state(image)
+    first = seg.add_clicks(state, [(48, 44, 20)], []).copy()
+    assert first[:, :, 29:37].sum() > 0.5 * label[:, :, 29:37].sum()
+    seg.add_clicks(state, [(48, 44, 20)], [(5, 5, 27)])
+    third = seg.add_clicks(state, [(48, 44, 20)], [(5, 5, 27), (5, 5, 30)])
+    assert not third[5, 5, 30]
+    assert third[:, :, 29:].sum() >= 0.9 * first[:, :, 29:].sum()
 
 
 def test_negative_claim_follows_intensity_edges():

@@ -57,7 +57,8 @@ class PropagationConfig:
     edge_stop: int = 2  # a propagated slice whose mask runs into this many edges of the box (inside the image) ends
     # the sweep: the box holds the object with a margin, so filling it means the memory ran onto a neighbour
     parallel: bool = True  # on the CPU, run the two sweeps in two threads: they are independent, and one sweep's
-    # small convolutions do not keep two cores busy (first click on a 95-slice object: 2.5 s -> 1.5 s, README)
+    # small convolutions do not keep two cores busy (first click on a 95-slice object: 2.5 s -> 1.5 s, README);
+    # the segmenter owns the one worker thread (a thread per round grew the server's memory: malloc arenas)
 
 
 def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float, reach: int) -> torch.Tensor:
@@ -158,11 +159,12 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
 
 def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor],
               cfg: PropagationConfig | None = None, previous: dict[int, torch.Tensor] | None = None,
-              span: tuple[int, int] | None = None) -> dict[int, torch.Tensor]:
+              span: tuple[int, int] | None = None, executor: ThreadPoolExecutor | None = None) -> dict[int, torch.Tensor]:
     """Working-grid probabilities for every slice reached from the anchors (slice -> S x S).
 
     Slices between two anchors get both sweeps, weighted by closeness to the anchor each sweep came from.
-    `previous`: the last round's result on the same features; `span`: the only slices wanted (see `_sweep`).
+    `previous`: the last round's result on the same features; `span`: the only slices wanted (see `_sweep`);
+    `executor`: runs the backward sweep while this thread runs the forward one (None: one after the other).
     """
     cfg = cfg or PropagationConfig()
     anchors = {k: v.reshape(1, 1, *v.shape[-2:]) for k, v in anchors.items()}
@@ -171,12 +173,11 @@ def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, t
         with torch.inference_mode():  # thread-local: entered in the thread that runs the sweep
             return _sweep(memory, features, anchors, direction, cfg, previous, span)
 
-    if cfg.parallel and features.device.type == "cpu":
-        with ThreadPoolExecutor(1) as pool:
-            backward = pool.submit(sweep, -1)
-            fwd = sweep(+1)
-            bwd = backward.result()
-    else:  # CUDA: autocast is thread-local too, and one stream runs the kernels in order anyway
+    if executor is not None:
+        backward = executor.submit(sweep, -1)
+        fwd = sweep(+1)
+        bwd = backward.result()
+    else:
         fwd, bwd = sweep(+1), sweep(-1)
     ks = np.array(sorted(anchors))
     result = {k: v[0, 0] for k, v in anchors.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -63,6 +64,9 @@ class LimNetSegmenter:
         self.propagation = propagation or PropagationConfig()
         self.size = size
         self.fusion = RoundFusion(self.net.scorer, self.device)
+        # CUDA: one stream runs the kernels in order anyway, and autocast is thread-local
+        self._sweeper = (ThreadPoolExecutor(1, thread_name_prefix="limnet-sweep")
+                         if self.propagation.parallel and self.device.type == "cpu" else None)
 
     @staticmethod
     def new_state(volume: np.ndarray, normalized: bool = False) -> InteractionState:
@@ -290,7 +294,8 @@ class LimNetSegmenter:
                 span = (int(open_ks.min()), int(open_ks.max())) if len(open_ks) else None
             last = state.probs if state.probs_features is state.features else None
             with self._autocast():
-                probs = propagate(self.net.memory, state.features, anchors, self.propagation, last, span)
+                probs = propagate(self.net.memory, state.features, anchors, self.propagation, last, span,
+                                  self._sweeper)
             state.probs = {**last, **probs} if last is not None and span is not None else probs
             state.probs_features = state.features
             break
@@ -301,14 +306,19 @@ class LimNetSegmenter:
             chunk = ks[i : i + 32]
             paste_mask(torch.stack([probs[k] for k in chunk]), box, mask, chunk, self.propagation.threshold)
         region = enclosing_region(box, ks, list(foreground), shape)
+        inside = []
+        if len(settled):
+            region = region_union(region, state.region)
+            inside = [k for k in settled if region[2].start <= k < region[2].stop]
+            # the settled slices go in before the components are judged (the new stretch may connect to a positive
+            # click only through them) and again after (they stay exactly as the last round had them)
+            mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         mask = self._keep_clicked_components(mask, foreground, region)
         for x, y, k in foreground:
             mask[x, y, k] = True
         for x, y, k in background:
             mask[x, y, k] = False
-        if len(settled):
-            region = region_union(region, state.region)
-            inside = [k for k in settled if region[2].start <= k < region[2].stop]
+        if inside:
             mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             region = region_union(region, state.region)
