@@ -100,17 +100,20 @@ def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str]
     for v in names[1:]:
         diff = np.array(pooled(dice[v])) - ref
         drop_diff = np.array([regressions(r) for r in pooled(dice[v])]) - ref_drops
-        cells = []
-        for col, fmt, scale in ((diff.mean(axis=1), "+.3f", 1), (diff[:, -1], "+.3f", 1), (drop_diff, "+d", len(ref))):
+
+        def interval(col: np.ndarray, scale: float = 1.0) -> tuple[float, float]:
             boot = col[rng.integers(len(col), size=(draws, len(col)))].mean(axis=1) * scale
-            lo, hi = np.percentile(boot, [2.5, 97.5])
-            if fmt == "+d":
-                cells += [f"{int(col.sum()):+d}", f"[{lo:+.0f}, {hi:+.0f}]"]
-            else:
-                cells += [f"{col.mean():{fmt}}", f"[{lo:{fmt}}, {hi:{fmt}}]"]
+            return tuple(np.percentile(boot, [2.5, 97.5]))
+
+        cells = []
+        for col in (diff.mean(axis=1), diff[:, -1]):
+            lo, hi = interval(col)
+            cells += [f"{col.mean():+.3f}", f"[{lo:+.3f}, {hi:+.3f}]"]
         last = diff[:, -1]
-        lines.append(f"| {v} | " + " | ".join(cells[:4]) + f" | {int((last > 0.01).sum())} / {int((last < -0.01).sum())}"
-                     f" | " + " | ".join(cells[4:]) + " |")
+        cells.append(f"{int((last > 0.01).sum())} / {int((last < -0.01).sum())}")
+        lo, hi = interval(drop_diff, len(ref))  # a total over the cases: the mean's interval times their number
+        cells += [f"{int(drop_diff.sum()):+d}", f"[{lo:+.0f}, {hi:+.0f}]"]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
