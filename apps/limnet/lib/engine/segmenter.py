@@ -305,20 +305,23 @@ class LimNetSegmenter:
         for i in range(0, len(ks), 32):
             chunk = ks[i : i + 32]
             paste_mask(torch.stack([probs[k] for k in chunk]), box, mask, chunk, self.propagation.threshold)
-        region = enclosing_region(box, ks, list(foreground), shape)
-        inside = []
-        if len(settled):
-            region = region_union(region, state.region)
-            inside = [k for k in settled if region[2].start <= k < region[2].stop]
-            # the settled slices go in before the components are judged (the new stretch may connect to a positive
-            # click only through them) and again after (they stay exactly as the last round had them)
-            mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
-        mask = self._keep_clicked_components(mask, foreground, region)
+        # the settled slices that border this round's go in before the components are judged: the new stretch may
+        # connect to a positive click only through settled slices, and those stand for what the last round
+        # connected to the clicks (judging with every settled slice in place costs the whole object per click)
+        probed = set(ks)
+        border = [int(k) for k in settled if k - 1 in probed or k + 1 in probed] if len(settled) else []
+        judged = enclosing_region(box, ks + border, list(foreground), shape)
+        if border:
+            mask[judged[0], judged[1], border] = state.mask[judged[0], judged[1], border]
+        mask = self._keep_clicked_components(mask, foreground, judged, border)
         for x, y, k in foreground:
             mask[x, y, k] = True
         for x, y, k in background:
             mask[x, y, k] = False
-        if inside:
+        region = enclosing_region(box, ks, list(foreground), shape)
+        if len(settled):  # they stay exactly as the last round had them
+            region = region_union(region, state.region)
+            inside = [k for k in settled if region[2].start <= k < region[2].stop]
             mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             region = region_union(region, state.region)
@@ -392,8 +395,10 @@ class LimNetSegmenter:
         return Box.around(box.x0, box.x1 - 1, box.y0, box.y1 - 1, 1.5, 32).clamp_to(shape)
 
     @staticmethod
-    def _keep_clicked_components(mask: np.ndarray, foreground: list[Click], region: Region) -> np.ndarray:
+    def _keep_clicked_components(mask: np.ndarray, foreground: list[Click], region: Region,
+                                 anchored: list[int] = ()) -> np.ndarray:
         """Drop 3D components that no positive click touches (leaks into neighbours); keep all if none does.
+        Components with voxels on an `anchored` slice (settled slices put in beside the round's own) are kept too.
         Only `region` (where the round pasted its mask) is read: cost follows the object, not the volume."""
         if not foreground:
             return mask
@@ -406,7 +411,11 @@ class LimNetSegmenter:
             return mask
         lo = [s.start for s in box]
         ids = {lab[tuple(c - o for c, o in zip(click, lo))] for click in foreground
-               if all(s.start <= c < s.stop for c, s in zip(click, box))} - {0}
+               if all(s.start <= c < s.stop for c, s in zip(click, box))}
+        for k in anchored:
+            if box[2].start <= k < box[2].stop:
+                ids |= set(np.unique(lab[:, :, k - lo[2]]).tolist())
+        ids -= {0}
         if not ids:
             return mask
         mask[box] = np.isin(lab, list(ids))
