@@ -307,9 +307,9 @@ class LimNetSegmenter:
             paste_mask(torch.stack([probs[k] for k in chunk]), box, mask, chunk, self.propagation.threshold)
         # the settled slices that border this round's go in before the components are judged: the new stretch may
         # connect to a positive click only through settled slices, and those stand for what the last round
-        # connected to the clicks (judging with every settled slice in place costs the whole object per click)
+        # connected to the clicks (judging with every settled slice in place would label the whole object each click)
         probed = set(ks)
-        border = [int(k) for k in settled if k - 1 in probed or k + 1 in probed] if len(settled) else []
+        border = [int(k) for k in settled if k - 1 in probed or k + 1 in probed]
         judged = enclosing_region(box, ks + border, list(foreground), shape)
         if border:
             mask[judged[0], judged[1], border] = state.mask[judged[0], judged[1], border]
