@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
 from lib.data.evaluation import regressions  # noqa: E402
 from lib.data.robot import run_robot  # noqa: E402
-from lib.data.synthetic import KINDS, generate_case  # noqa: E402
+from lib.data.synthetic import VALIDATION_KINDS, generate_case  # noqa: E402
 from lib.engine.propagation import PropagationConfig  # noqa: E402
 from lib.engine.segmenter import LimNetSegmenter  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
@@ -41,6 +41,9 @@ VARIANTS = {
     "guarded+window+mrf": dict(box_search="guarded", local_window=True, use_fusion=True),
     "guarded+window-geo": dict(box_search="guarded", local_window=True, negative_geodesic=0.0),
     "guarded+window-adds": dict(box_search="guarded", local_window=True, positive_adds=False),
+    "guarded+window-clicked": dict(box_search="guarded", local_window=True, clicked_only=False),
+    "guarded+window+keep": dict(box_search="guarded", local_window=True, keep_answered=True),
+    "guarded+window-frag": dict(box_search="guarded", local_window=True, fragments=0.0),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 
@@ -61,10 +64,10 @@ def main() -> None:
     names = [v if len(files) == 1 else f"{v}@{os.path.splitext(os.path.basename(w))[0]}" for v, w in runs_of]
     if len(set(names)) < len(names):
         raise SystemExit("two runs share a name: give the weights files different names")
-    dice: dict[str, dict[str, list[list[float]]]] = {n: {k: [] for k in KINDS} for n in names}
+    dice: dict[str, dict[str, list[list[float]]]] = {n: {k: [] for k in VALIDATION_KINDS} for n in names}
     t0 = time.time()
     for i in range(args.cases):
-        for j, kind in enumerate(KINDS):
+        for j, kind in enumerate(VALIDATION_KINDS):
             case = generate_case(np.random.default_rng(VALIDATION_SEED + 100 * i + j), kind)
             for name, (v, w) in zip(names, runs_of):
                 seg = LimNetSegmenter(nets[w], "cpu", **{"use_fusion": False, **VARIANTS[v]})
@@ -76,7 +79,7 @@ def main() -> None:
     print("\n| variant | kind | " + " | ".join(f"Dice@{r + 1}" for r in range(args.rounds)) + " | drops > 0.01 |")
     print("|---|---|" + "---|" * (args.rounds + 1))
     for v in names:
-        for kind in KINDS:
+        for kind in VALIDATION_KINDS:
             m = np.mean(dice[v][kind], axis=0)
             print(f"| {v} | {kind} | " + " | ".join(f"{x:.3f}" for x in m) + f" | {drops(dice[v][kind])} |")
         runs = pooled(dice[v])
@@ -119,7 +122,7 @@ def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str]
 
 def pooled(by_kind: dict[str, list[list[float]]]) -> list[list[float]]:
     """One run's per-case Dice lists of every kind, in the same case order for every run (so they pair)."""
-    return [d for k in KINDS for d in by_kind[k]]
+    return [d for k in VALIDATION_KINDS for d in by_kind[k]]
 
 
 def drops(runs: list[list[float]]) -> str:

@@ -227,3 +227,42 @@ def test_negative_claim_follows_intensity_edges():
     assert claim[organ & ~lesion].mean() > halfway[organ & ~lesion].mean() + 0.2
     apart = organ & ~((xx > 40) & (xx < 44))  # a cut through the organ: the part without a click is not taken
     assert not negative_claim(frame, apart, [(48, 60)], [(48, 20)], weight=100.0)[apart & (xx > 44)].any()
+
+
+def test_a_clicked_slice_prompt_keeps_only_what_the_clicks_point_at() -> None:
+    """The interaction module answers a click on grey matter with patches of grey matter all over its box; the
+    prompt keeps the component the click falls on, one that encloses the click (a ring around a dark centre) and,
+    with `fragments`, pieces nearer than the kept part's radius; it drops the rest. An answer the click falls
+    outside of stays as it is."""
+    from lib.engine.geometry import clicked_components
+
+    yy, xx = np.mgrid[:64, :64]
+    blob = (xx - 20) ** 2 + (yy - 20) ** 2 <= 6**2
+    patch = (xx - 50) ** 2 + (yy - 50) ** 2 <= 5**2
+    ring = ((xx - 44) ** 2 + (yy - 16) ** 2 <= 9**2) & ((xx - 44) ** 2 + (yy - 16) ** 2 > 4**2)
+    prob = torch.from_numpy((0.9 * (blob | patch | ring)).astype(np.float32))
+    kept = clicked_components(prob, [(20.0, 20.0)]).numpy() > 0.5
+    assert kept[blob].all() and not kept[patch | ring].any()
+    kept = clicked_components(prob, [(16.0, 44.0)]).numpy() > 0.5  # (row, column): the ring's dark centre
+    assert kept[ring].all() and not kept[blob | patch].any()
+    assert torch.equal(clicked_components(prob, [(5.0, 60.0)]), prob)
+    piece = (xx - 20) ** 2 + (yy - 31) ** 2 <= 3**2  # 2 pixels from the blob: a piece of the clicked object
+    prob = torch.from_numpy((0.9 * (blob | patch | piece)).astype(np.float32))
+    kept = clicked_components(prob, [(20.0, 20.0)], fragments=1.0).numpy() > 0.5
+    assert kept[blob | piece].all() and not kept[patch].any()
+    assert not (clicked_components(prob, [(20.0, 20.0)]).numpy() > 0.5)[piece].any()
+
+
+def test_a_slice_not_clicked_again_can_keep_its_answer(net) -> None:
+    """`keep_answered` (off by default): a clicked slice whose clicks are those of the last round, and whose last
+    mask holds them, is prompted with that mask; a slice with a new click, or whose mask misses its click, is not."""
+    from lib.engine.state import InteractionState
+
+    mask = np.zeros((16, 16, 8), bool)
+    mask[4:10, 4:10, 2] = True
+    state = InteractionState(image=np.zeros((16, 16, 8), np.float32), mask=mask, foreground=[(6, 6, 2), (1, 1, 5)])
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False, keep_answered=True)
+    assert np.array_equal(seg._answered(state, 2, [(6, 6)], []), mask[:, :, 2])
+    assert seg._answered(state, 2, [(6, 6), (8, 8)], []) is None  # clicked again
+    assert seg._answered(state, 5, [(1, 1)], []) is None  # the last mask misses the click
+    assert seg._answered(InteractionState(image=state.image), 2, [(6, 6)], []) is None  # first round

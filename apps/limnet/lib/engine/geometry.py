@@ -242,3 +242,41 @@ def negative_claim(frame: np.ndarray, mask: np.ndarray, pos: list, neg: list, we
     parts, _ = label(nearer & mask)
     ids = {parts[p] for p in pixels(neg)} - {0}
     return np.isin(parts, list(ids)) if ids else np.zeros_like(mask, dtype=bool)
+
+
+def clicked_components(prob: torch.Tensor, points: list[tuple[float, float]], threshold: float = 0.5,
+                       near: int = 1, fragments: float = 0.0) -> torch.Tensor:
+    """A working-grid probability map less the components (above `threshold`) that no point falls on, within `near`
+    pixels, or encloses (a point in a hole of a ring); unchanged if none does. With `fragments`, components
+    nearer to the kept ones than `fragments` times their equivalent radius stay too (an answer broken in pieces).
+
+    A click points at one object: the interaction module, seeing a box of like tissue, also answers with patches
+    of it elsewhere in the box (grey matter around a clicked caudate), and a prompt holding them teaches the memory
+    that tissue, not the object."""
+    from scipy.ndimage import binary_fill_holes, distance_transform_edt, find_objects
+
+    mask = (prob > threshold).cpu().numpy()
+    lab, n = label(mask)
+    if n <= 1:
+        return prob
+    s = mask.shape
+    pixels = [(i, j) for x, y in points
+              for i in range(int(round(x)) - near, int(round(x)) + near + 1)
+              for j in range(int(round(y)) - near, int(round(y)) + near + 1) if 0 <= i < s[0] and 0 <= j < s[1]]
+    ids = {int(lab[p]) for p in pixels} - {0}
+    for c, sl in enumerate(find_objects(lab), start=1):
+        inside = [(i - sl[0].start, j - sl[1].start) for i, j in pixels
+                  if sl[0].start <= i < sl[0].stop and sl[1].start <= j < sl[1].stop and lab[i, j] != c]
+        if c not in ids and inside:
+            filled = binary_fill_holes(lab[sl] == c)
+            if any(filled[p] for p in inside):
+                ids.add(c)
+    if not ids:
+        return prob
+    clicked = np.isin(lab, list(ids))
+    if fragments:  # pieces of the clicked object the module's answer broke off: nearer than its own radius
+        reach = fragments * np.sqrt(clicked.sum() / np.pi)
+        near_pixels = distance_transform_edt(~clicked) <= reach
+        clicked = np.isin(lab, list(set(np.unique(lab[near_pixels & mask]).tolist()) - {0}))
+    keep = clicked | ~mask  # soft values below the threshold stay as they are
+    return prob * torch.from_numpy(keep).to(prob.device)

@@ -18,6 +18,7 @@ from .geometry import (
     Region,
     box_window,
     click_maps,
+    clicked_components,
     crop_slices,
     enclosing_region,
     extent_xy,
@@ -43,7 +44,9 @@ class LimNetSegmenter:
     def __init__(self, net: LimNet, device: str | torch.device = "cpu", use_fusion: bool = True,
                  propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
                  box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True,
-                 local_rounds: bool = True, negative_geodesic: float = 100.0, positive_adds: bool = True) -> None:
+                 local_rounds: bool = True, negative_geodesic: float = 100.0, positive_adds: bool = True,
+                 clicked_only: bool = True, keep_answered: bool = False,
+                 fragments: float = 1.0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -53,7 +56,11 @@ class LimNetSegmenter:
         on a slice with positive and negative clicks, the interaction module's answer loses the parts that lie
         geodesically nearer a negative click and hold one (`negative_claim`, its edge weight; 0: off);
         `positive_adds`: a slice with only positive clicks keeps the last round's mask there and adds what the
-        clicks point at (`_added`)."""
+        clicks point at (`_added`); `clicked_only`: a clicked slice's prompt is only the components of the module's
+        answer that its positive clicks fall on, with its pieces nearer than `fragments` times its radius
+        (`clicked_components`; 0: the components alone); `keep_answered`: a clicked slice without new clicks
+        keeps the last round's mask as its prompt (`_answered`; off: neutral to negative on validation)."""
+        self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
         self.negative_geodesic = negative_geodesic
         self.local_rounds = local_rounds
@@ -149,16 +156,43 @@ class LimNetSegmenter:
         found = self._clicked_component(state.image, box, k, pos, [])
         return last | found[0] if found is not None else last
 
+    def _answered(self, state: InteractionState, k: int, pos: list, neg: list) -> np.ndarray | None:
+        """The last round's mask on slice k if k holds exactly the clicks it held then and the mask agrees with them
+        (None otherwise): a slice the user has not clicked again keeps its answer, whatever box this round works
+        in (answered again from scratch in a larger box, a click on tissue of like intensity grows along it)."""
+        if state.mask is None:
+            return None
+        before = ({(x, y) for x, y, j in state.foreground if j == k}, {(x, y) for x, y, j in state.background if j == k})
+        if before != (set(pos), set(neg)):
+            return None
+        last = state.mask[:, :, k]
+        if not all(last[x, y] for x, y in pos) or any(last[x, y] for x, y in neg):
+            return None
+        return last
+
     def _anchor(self, state: InteractionState, box: Box, k: int, pos: list, neg: list) -> torch.Tensor:
+        answered = self._answered(state, k, pos, neg) if self.keep_answered else None
+        if answered is not None:
+            return self._working(answered, box)
+        return self._fresh_anchor(state, box, k, pos, neg)
+
+    def _working(self, mask: np.ndarray, box: Box) -> torch.Tensor:
+        t = crop_slices(mask[:, :, None].astype(np.float32), box, np.array([[0]]), self.size)[0, 0]
+        return (t > 0.5).float().to(self.device)
+
+    def _fresh_anchor(self, state: InteractionState, box: Box, k: int, pos: list, neg: list) -> torch.Tensor:
         prompt = None
         if not pos:
             prompt = self._trimmed(state, box, k, neg)
         elif not neg and self.positive_adds:
             prompt = self._added(state, box, k, pos)
         if prompt is not None:
-            t = crop_slices(prompt[:, :, None].astype(np.float32), box, np.array([[0]]), self.size)[0, 0]
-            return (t > 0.5).float().to(self.device)
-        return self._interact(state.image, box, k, pos, neg)
+            return self._working(prompt, box)
+        prob = self._interact(state.image, box, k, pos, neg)
+        if self.clicked_only and pos:
+            prob = clicked_components(prob, [box.to_working(x, y, self.size) for x, y in pos],
+                                      fragments=self.fragments)
+        return prob
 
     def _choose_box(self, state: InteractionState, by_slice: dict[int, tuple[list, list]]) -> Box:
         """Where the object is in-plane: last round's mask if any, else a coarse full-slice pass."""
