@@ -43,6 +43,7 @@ VARIANTS = {
     "guarded+window-adds": dict(box_search="guarded", local_window=True, positive_adds=False),
     "guarded+window-clicked": dict(box_search="guarded", local_window=True, clicked_only=False),
     "guarded+window+keep": dict(box_search="guarded", local_window=True, keep_answered=True),
+    "guarded+window-guard": dict(box_search="guarded", local_window=True, guard_adds=False),
     "guarded+window-frag": dict(box_search="guarded", local_window=True, fragments=0.0),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }

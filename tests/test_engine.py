@@ -266,3 +266,13 @@ def test_a_slice_not_clicked_again_can_keep_its_answer(net) -> None:
     assert seg._answered(state, 2, [(6, 6), (8, 8)], []) is None  # clicked again
     assert seg._answered(state, 5, [(1, 1)], []) is None  # the last mask misses the click
     assert seg._answered(InteractionState(image=state.image), 2, [(6, 6)], []) is None  # first round
+
+
+def test_an_added_part_cut_by_the_box_or_spanning_the_slice_is_implausible() -> None:
+    """`guard_adds`: a positive click's added part is checked as a first click's answer is: the box cuts it where
+    it reaches an edge of the box inside the image (not at the image's border), or it spans most of the slice."""
+    box = Box(16, 16, 32)  # [16, 48) in a 96 x 96 slice
+    assert not LimNetSegmenter._implausible((20, 40, 20, 40), box, (96, 96))
+    assert LimNetSegmenter._implausible((16, 40, 20, 40), box, (96, 96))  # runs into the box's top edge
+    assert not LimNetSegmenter._implausible((0, 20, 20, 40), Box(0, 16, 32), (96, 96))  # the image's border
+    assert LimNetSegmenter._implausible((2, 90, 2, 60), Box(0, 0, 96), (96, 96))  # 89 of 96 pixels across

@@ -45,7 +45,7 @@ class LimNetSegmenter:
                  propagation: PropagationConfig | None = None, size: int = WORKING_SIZE,
                  box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True,
                  local_rounds: bool = True, negative_geodesic: float = 100.0, positive_adds: bool = True,
-                 clicked_only: bool = True, keep_answered: bool = False,
+                 clicked_only: bool = True, keep_answered: bool = False, guard_adds: bool = True,
                  fragments: float = 1.0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
@@ -59,8 +59,11 @@ class LimNetSegmenter:
         clicks point at (`_added`); `clicked_only`: a clicked slice's prompt is only the components of the module's
         answer that its positive clicks fall on, with its pieces nearer than `fragments` times its radius
         (`clicked_components`; 0: the components alone); `keep_answered`: a clicked slice without new clicks
-        keeps the last round's mask as its prompt (`_answered`; off: neutral to negative on validation)."""
+        keeps the last round's mask as its prompt (`_answered`; off: neutral to negative on validation);
+        `guard_adds`: a positive click's added part that the box cuts or that spans most of the slice is found again
+        by the first click's small-to-large search (`_added`)."""
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
+        self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
         self.negative_geodesic = negative_geodesic
         self.local_rounds = local_rounds
@@ -154,7 +157,22 @@ class LimNetSegmenter:
             return None
         last = state.mask[:, :, k]
         found = self._clicked_component(state.image, box, k, pos, [])
+        if found is not None and self.guard_adds and self._implausible(found[1], box, last.shape):
+            extent = self._object_extent(state.image, k, pos, [])
+            if extent is None:
+                return last
+            found = self._clicked_component(state.image, Box.around(*extent, 1.5, 32).clamp_to(last.shape), k, pos, [])
         return last | found[0] if found is not None else last
+
+    @staticmethod
+    def _implausible(extent: tuple[int, int, int, int], box: Box, shape: tuple[int, int],
+                     implausible: float = 0.75) -> bool:
+        """Whether a clicked component's (xmin, xmax, ymin, ymax) runs into an edge of `box` inside the image (the
+        box cuts it) or spans more than `implausible` of the slice: the first click's guard (`_first_extent`)."""
+        h, w = shape
+        cut = ((extent[0] <= box.x0 and box.x0 > 0) or (extent[1] >= box.x1 - 1 and box.x1 < h)
+               or (extent[2] <= box.y0 and box.y0 > 0) or (extent[3] >= box.y1 - 1 and box.y1 < w))
+        return cut or max(extent[1] - extent[0], extent[3] - extent[2]) + 1 > implausible * max(h, w)
 
     def _answered(self, state: InteractionState, k: int, pos: list, neg: list) -> np.ndarray | None:
         """The last round's mask on slice k if k holds exactly the clicks it held then and the mask agrees with them
