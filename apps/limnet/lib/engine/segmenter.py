@@ -169,10 +169,15 @@ class LimNetSegmenter:
                      implausible: float = 0.75) -> bool:
         """Whether a clicked component's (xmin, xmax, ymin, ymax) runs into an edge of `box` inside the image (the
         box cuts it) or spans more than `implausible` of the slice: the first click's guard (`_first_extent`)."""
+        span = max(extent[1] - extent[0], extent[3] - extent[2]) + 1
+        return LimNetSegmenter._cut_by(extent, box, shape) or span > implausible * max(shape)
+
+    @staticmethod
+    def _cut_by(extent: tuple[int, int, int, int], box: Box, shape: tuple[int, int]) -> bool:
+        """Whether an (xmin, xmax, ymin, ymax) extent reaches an edge of `box` that lies inside an image of `shape`."""
         h, w = shape
-        cut = ((extent[0] <= box.x0 and box.x0 > 0) or (extent[1] >= box.x1 - 1 and box.x1 < h)
-               or (extent[2] <= box.y0 and box.y0 > 0) or (extent[3] >= box.y1 - 1 and box.y1 < w))
-        return cut or max(extent[1] - extent[0], extent[3] - extent[2]) + 1 > implausible * max(h, w)
+        return ((extent[0] <= box.x0 and box.x0 > 0) or (extent[1] >= box.x1 - 1 and box.x1 < h)
+                or (extent[2] <= box.y0 and box.y0 > 0) or (extent[3] >= box.y1 - 1 and box.y1 < w))
 
     def _answered(self, state: InteractionState, k: int, pos: list, neg: list) -> np.ndarray | None:
         """The last round's mask on slice k if k holds exactly the clicks it held then and the mask agrees with them
@@ -298,9 +303,7 @@ class LimNetSegmenter:
             current = None
             if found is not None:
                 comp, extent = found
-                touches = ((extent[0] <= box.x0 and box.x0 > 0) or (extent[1] >= box.x1 - 1 and box.x1 < h)
-                           or (extent[2] <= box.y0 and box.y0 > 0) or (extent[3] >= box.y1 - 1 and box.y1 < w))
-                if not touches:
+                if not self._cut_by(extent, box, (h, w)):
                     if max(extent[1] - extent[0], extent[3] - extent[2]) + 1 >= fill * box.size:
                         return (extent, True) if with_trust else extent
                     current = (comp, extent)
