@@ -45,6 +45,9 @@ VARIANTS = {
     "guarded+window+keep": dict(box_search="guarded", local_window=True, keep_answered=True),
     "guarded+window-guard": dict(box_search="guarded", local_window=True, guard_adds=False),
     "guarded+window-frag": dict(box_search="guarded", local_window=True, fragments=0.0),
+    "guarded+window-union": dict(box_search="guarded", local_window=True, positive_union=False),
+    "guarded+window-subset": dict(box_search="guarded", local_window=True, negative_subset=False),
+    "guarded+window-oneway": dict(box_search="guarded", local_window=True, positive_union=False, negative_subset=False),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 

@@ -276,3 +276,43 @@ def test_an_added_part_cut_by_the_box_or_spanning_the_slice_is_implausible() -> 
     assert LimNetSegmenter._implausible((16, 40, 20, 40), box, (96, 96))  # runs into the box's top edge
     assert not LimNetSegmenter._implausible((0, 20, 20, 40), Box(0, 16, 32), (96, 96))  # the image's border
     assert LimNetSegmenter._implausible((2, 90, 2, 60), Box(0, 0, 96), (96, 96))  # 89 of 96 pixels across
+
+
+def test_a_round_moves_the_result_only_the_way_its_clicks_point(net) -> None:
+    """`positive_union` / `negative_subset`: after positive clicks alone nothing the last round had is lost, after
+    negative clicks alone nothing new comes in; a round with both, or clicks that do not extend the last ones, is
+    left as it is."""
+    from lib.engine.state import InteractionState
+
+    old = np.zeros((16, 16, 8), bool, order="F")
+    old[2:8, 2:8, 1:5] = True
+    new = np.zeros_like(old)
+    new[5:12, 5:12, 2:7] = True
+    state = InteractionState(image=np.zeros((16, 16, 8), np.float32), mask=old, foreground=[(4, 4, 2)],
+                             region=(slice(2, 8), slice(2, 8), slice(1, 5)))
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    everything = (slice(0, 16), slice(0, 16), slice(0, 8))
+    out = new.copy()
+    region = seg._one_way(state, out, (slice(5, 12), slice(5, 12), slice(2, 7)), [(4, 4, 2), (9, 9, 5)], [])
+    assert np.array_equal(out, old | new) and out[region].sum() == out.sum()
+    out = new.copy()
+    seg._one_way(state, out, everything, [(4, 4, 2)], [(10, 10, 6)])
+    assert np.array_equal(out, old & new)
+    for fg, bg in (([(4, 4, 2), (9, 9, 5)], [(10, 10, 6)]), ([(9, 9, 5)], [])):  # both kinds; a new interaction
+        out = new.copy()
+        seg._one_way(state, out, everything, fg, bg)
+        assert np.array_equal(out, new)
+    off = LimNetSegmenter(net, "cpu", use_fusion=False, positive_union=False, negative_subset=False)
+    out = new.copy()
+    off._one_way(state, out, everything, [(4, 4, 2), (9, 9, 5)], [])
+    assert np.array_equal(out, new)
+
+
+def test_later_positive_clicks_keep_what_was_found(net) -> None:
+    """End to end on the capsule: a second positive click's answer holds the first one's."""
+    image, label = capsule_volume(seed=1)
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    state = seg.new_state(image)
+    first = seg.add_clicks(state, [(48, 44, 20)], []).copy()
+    second = seg.add_clicks(state, [(48, 44, 20), (48, 44, 36)], [])
+    assert first.any() and not (first & ~second).any()

@@ -46,7 +46,7 @@ class LimNetSegmenter:
                  box_search: str = "guarded", local_window: bool = True, split_leaks: bool = True,
                  local_rounds: bool = True, negative_geodesic: float = 100.0, positive_adds: bool = True,
                  clicked_only: bool = True, keep_answered: bool = False, guard_adds: bool = True,
-                 fragments: float = 1.0) -> None:
+                 fragments: float = 1.0, positive_union: bool = True, negative_subset: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -61,7 +61,11 @@ class LimNetSegmenter:
         (`clicked_components`; 0: the components alone); `keep_answered`: a clicked slice without new clicks
         keeps the last round's mask as its prompt (`_answered`; off: neutral to negative on validation);
         `guard_adds`: a positive click's added part that the box cuts or that spans most of the slice is found again
-        by the first click's small-to-large search (`_added`)."""
+        by the first click's small-to-large search (`_added`); `positive_union` / `negative_subset`: a round whose new
+        clicks are all positive keeps everything the last round had (its answer is the union), one whose new clicks
+        are all negative keeps nothing the last round did not have (`_one_way`; validation, 168 cases: 22 fewer
+        drops, [-34, -11], Dice +0.004 over clicks, [+0.002, +0.006])."""
+        self.positive_union, self.negative_subset = positive_union, negative_subset
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -378,6 +382,7 @@ class LimNetSegmenter:
             region = region_union(region, state.region)
             inside = [k for k in settled if region[2].start <= k < region[2].stop]
             mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
+        region = self._one_way(state, mask, region, foreground, background)
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             region = region_union(region, state.region)
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
@@ -387,6 +392,21 @@ class LimNetSegmenter:
         state.background = [tuple(map(int, c)) for c in background]
         state.rounds += 1
         return mask
+
+    def _one_way(self, state: InteractionState, mask: np.ndarray, region: Region, foreground: list[Click],
+                 background: list[Click]) -> Region:
+        """A round moves the result only in the direction of its new clicks: after positive clicks alone the last
+        round's mask stays in (a positive click says "more object", not "less elsewhere"), after negative clicks
+        alone nothing outside it comes in. Changes `mask` in place; returns the region that may hold voxels."""
+        if state.mask is None or state.new_clicks(foreground, background) is None:
+            return region
+        n_pos, n_neg = len(foreground) - len(state.foreground), len(background) - len(state.background)
+        if self.positive_union and n_pos and not n_neg:
+            region = region_union(region, state.region)
+            mask[region] |= state.mask[region]
+        elif self.negative_subset and n_neg and not n_pos:
+            mask[region] &= state.mask[region]
+        return region
 
     def _changed_anchors(self, state: InteractionState, box: Box, anchors: dict[int, torch.Tensor],
                          agree: float = 0.5) -> set[int]:
