@@ -48,6 +48,10 @@ VARIANTS = {
     "guarded+window-union": dict(box_search="guarded", local_window=True, positive_union=False),
     "guarded+window-subset": dict(box_search="guarded", local_window=True, negative_subset=False),
     "guarded+window-oneway": dict(box_search="guarded", local_window=True, positive_union=False, negative_subset=False),
+    "guarded+window+thr4": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(threshold=0.4)),
+    "guarded+window+thr6": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(threshold=0.6)),
+    "guarded+window+cap12": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(working_capacity=12)),
+    "guarded+window+pat3": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(patience=3)),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 
