@@ -52,6 +52,8 @@ VARIANTS = {
     "guarded+window+thr6": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(threshold=0.6)),
     "guarded+window+cap12": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(working_capacity=12)),
     "guarded+window+pat3": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(patience=3)),
+    "guarded+window-slice1way": dict(box_search="guarded", local_window=True, slice_one_way=False),
+    "guarded+window+ext2": dict(box_search="guarded", local_window=True, extend_slices=2),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 

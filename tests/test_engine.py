@@ -316,3 +316,32 @@ def test_later_positive_clicks_keep_what_was_found(net) -> None:
     first = seg.add_clicks(state, [(48, 44, 20)], []).copy()
     second = seg.add_clicks(state, [(48, 44, 20), (48, 44, 36)], [])
     assert first.any() and not (first & ~second).any()
+
+
+def test_a_new_negative_click_on_a_clicked_slice_only_trims(net) -> None:
+    """`slice_one_way`: a negative click on a slice that already held a positive click edits the last round's mask
+    there: the component it falls on loses what it points at, the other component stays (answered afresh, the
+    module kept only what the positive click fell on); the earlier positive click's part stays."""
+    from lib.engine.geometry import Box
+    from lib.engine.state import InteractionState
+
+    rng = np.random.default_rng(0)
+    x, y = np.ogrid[:64, :64]
+    upper = ((x - 16) ** 2 + (y - 20) ** 2 < 8**2)[:, :, None] & (np.arange(12) > 0)  # found, no click on it
+    lower = ((x - 44) ** 2 + (y - 40) ** 2 < 9**2)[:, :, None] & (np.arange(12) > 0)  # found, clicked
+    leak = ((x - 44) >= -2) & ((x - 44) <= 2) & (y >= 49) & (y < 60)  # a thin leak grown onto it
+    last = upper | lower
+    last[:, :, 6] |= leak
+    image = (0.2 + 0.6 * (upper | lower) + rng.normal(0, 0.03, last.shape)).astype(np.float32)
+    state = InteractionState(image=image, mask=last.copy(), foreground=[(44, 40, 6)])
+    box = Box(0, 0, 64)
+    pos, neg = [(44, 40)], [(44, 57)]
+    from lib.engine.geometry import paste_slices
+
+    def answer(seg):  # the prompt, back on the 64 x 64 slice
+        return paste_slices(seg._fresh_anchor(state, box, 6, pos, neg)[None], box, (64, 64))[:, :, 0] > 0.5
+
+    prompt = answer(LimNetSegmenter(net, "cpu", use_fusion=False))
+    assert prompt[upper[:, :, 6]].all(), "the component the click is not on stays as it was"
+    assert prompt[lower[:, :, 6]].mean() > 0.8 and not prompt[44, 57], "the clicked component loses the leak"
+    assert not answer(LimNetSegmenter(net, "cpu", use_fusion=False, slice_one_way=False))[upper[:, :, 6]].any()
