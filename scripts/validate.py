@@ -53,7 +53,7 @@ VARIANTS = {
     "guarded+window+cap12": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(working_capacity=12)),
     "guarded+window+pat3": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(patience=3)),
     "guarded+window-slice1way": dict(box_search="guarded", local_window=True, slice_one_way=False),
-    "guarded+window+ext2": dict(box_search="guarded", local_window=True, extend_slices=2),
+    "guarded+window-ext": dict(box_search="guarded", local_window=True, extend_slices=None),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 
@@ -66,18 +66,24 @@ def main() -> None:
     p.add_argument("--weights", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"),
                    help="weights file; several, comma-separated, run every variant with each (named variant@file)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--kinds", default=",".join(VALIDATION_KINDS), help="kinds of structure, comma-separated")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if set(kinds) - set(VALIDATION_KINDS):
+        raise SystemExit(f"unknown kinds {sorted(set(kinds) - set(VALIDATION_KINDS))}; known: {VALIDATION_KINDS}")
     files = [w.strip() for w in args.weights.split(",") if w.strip()]
     nets = {w: LimNet.load(w) for w in files}
     runs_of = [(v.strip(), w) for w in files for v in args.variants.split(",")]  # (variant, weights file)
     names = [v if len(files) == 1 else f"{v}@{os.path.splitext(os.path.basename(w))[0]}" for v, w in runs_of]
     if len(set(names)) < len(names):
         raise SystemExit("two runs share a name: give the weights files different names")
-    dice: dict[str, dict[str, list[list[float]]]] = {n: {k: [] for k in VALIDATION_KINDS} for n in names}
+    dice: dict[str, dict[str, list[list[float]]]] = {n: {k: [] for k in kinds} for n in names}
     t0 = time.time()
     for i in range(args.cases):
         for j, kind in enumerate(VALIDATION_KINDS):
+            if kind not in kinds:
+                continue
             case = generate_case(np.random.default_rng(VALIDATION_SEED + 100 * i + j), kind)
             for name, (v, w) in zip(names, runs_of):
                 seg = LimNetSegmenter(nets[w], "cpu", **{"use_fusion": False, **VARIANTS[v]})
@@ -89,7 +95,7 @@ def main() -> None:
     print("\n| variant | kind | " + " | ".join(f"Dice@{r + 1}" for r in range(args.rounds)) + " | drops > 0.01 |")
     print("|---|---|" + "---|" * (args.rounds + 1))
     for v in names:
-        for kind in VALIDATION_KINDS:
+        for kind in kinds:
             m = np.mean(dice[v][kind], axis=0)
             print(f"| {v} | {kind} | " + " | ".join(f"{x:.3f}" for x in m) + f" | {drops(dice[v][kind])} |")
         runs = pooled(dice[v])
@@ -132,7 +138,7 @@ def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str]
 
 def pooled(by_kind: dict[str, list[list[float]]]) -> list[list[float]]:
     """One run's per-case Dice lists of every kind, in the same case order for every run (so they pair)."""
-    return [d for k in VALIDATION_KINDS for d in by_kind[k]]
+    return [d for k in VALIDATION_KINDS if k in by_kind for d in by_kind[k]]
 
 
 def drops(runs: list[list[float]]) -> str:

@@ -345,3 +345,28 @@ def test_a_new_negative_click_on_a_clicked_slice_only_trims(net) -> None:
     assert prompt[upper[:, :, 6]].all(), "the component the click is not on stays as it was"
     assert prompt[lower[:, :, 6]].mean() > 0.8 and not prompt[44, 57], "the clicked component loses the leak"
     assert not answer(LimNetSegmenter(net, "cpu", use_fusion=False, slice_one_way=False))[upper[:, :, 6]].any()
+
+
+def test_positive_clicks_inside_the_object_do_not_lengthen_it(net) -> None:
+    """`extend_slices`: a round of positive clicks on slices inside the last mask's range keeps what it adds within
+    2 slices of the range's ends; a click at an end may lengthen the object that way."""
+    from lib.engine.state import InteractionState
+
+    old = np.zeros((16, 16, 30), bool, order="F")
+    old[4:10, 4:10, 10:20] = True
+    state = InteractionState(image=np.zeros(old.shape, np.float32), mask=old, foreground=[(6, 6, 15)],
+                             region=(slice(4, 10), slice(4, 10), slice(10, 20)))
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    everything = (slice(0, 16), slice(0, 16), slice(0, 30))
+    new = np.zeros_like(old)
+    new[3:11, 3:11, 0:30] = True  # the round ran on along the slices both ways
+    out = new.copy()
+    seg._one_way(state, out, everything, [(6, 6, 15), (9, 9, 14)], [])
+    assert np.nonzero(out.any((0, 1)))[0].tolist() == list(range(8, 22))
+    out = new.copy()
+    seg._one_way(state, out, everything, [(6, 6, 15), (9, 9, 19)], [])  # a click at the last slice: up is open
+    assert np.nonzero(out.any((0, 1)))[0].tolist() == list(range(8, 30))
+    out = new.copy()
+    LimNetSegmenter(net, "cpu", use_fusion=False, extend_slices=None)._one_way(state, out, everything,
+                                                                               [(6, 6, 15), (9, 9, 14)], [])
+    assert out.all(2)[3:11, 3:11].all()

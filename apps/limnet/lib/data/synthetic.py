@@ -14,8 +14,10 @@ from scipy import ndimage as ndi
 
 KINDS = ("blob", "tube", "sheet", "spot", "nested", "touching")
 # validation also has "lookalike": neighbours of the target's own intensity behind a gap of 1-2 voxels (deep grey
-# matter among grey matter); training draws from KINDS only, so the committed weights' recipe is unchanged
-VALIDATION_KINDS = KINDS + ("lookalike",)
+# matter among grey matter); "alongside": a long structure of the target's intensity running past it along the slice
+# axis (a vessel, ventricle or bowel loop beside an organ), where propagation can walk on past the object's end;
+# training draws from KINDS only, so the committed weights' recipe is unchanged
+VALIDATION_KINDS = KINDS + ("lookalike", "alongside")
 
 
 @dataclass
@@ -84,6 +86,30 @@ def _sheet(rng, shape) -> np.ndarray:
     return (np.abs(z - surf) < thick) & disk
 
 
+def _alongside(rng, target: np.ndarray) -> np.ndarray:
+    """A tube along the slice axis, over 70-100% of the depth, touching the target's side or 1-2 voxels from it."""
+    shape = target.shape
+    gaps = int(rng.integers(0, 3))
+    gap = ndi.binary_dilation(target, iterations=gaps) if gaps else target
+    zs = np.nonzero(target.any((0, 1)))[0]
+    zm = int(zs[len(zs) // 2])
+    area = target[:, :, zm].sum()
+    radius = max(2.0, rng.uniform(0.3, 0.8) * np.sqrt(area / np.pi))
+    edge = np.argwhere(ndi.binary_dilation(gap[:, :, zm]) & ~gap[:, :, zm])
+    c = edge[rng.integers(len(edge))].astype(np.float32)
+    out = c - np.argwhere(target[:, :, zm]).mean(0)
+    c = c + out / (np.linalg.norm(out) + 1e-6) * radius
+    length = int(shape[2] * rng.uniform(0.7, 1.0))
+    z_start = int(np.clip(zm - rng.integers(0, length + 1), 0, shape[2] - length))
+    x, y = np.ogrid[: shape[0], : shape[1]]
+    tube = np.zeros(shape, bool)
+    phase, period, amp = rng.uniform(0, 6), rng.uniform(0.5, 2.0) * shape[2], rng.uniform(0, 0.5) * radius
+    for z in range(z_start, z_start + length):
+        shift = amp * np.sin(2 * np.pi * (z - zm) / period + phase) - amp * np.sin(phase)
+        tube[:, :, z] = (x - c[0] - shift) ** 2 + (y - c[1]) ** 2 <= radius**2
+    return tube & ~gap
+
+
 def _random_center(rng, shape, radii) -> np.ndarray:
     return np.array([rng.uniform(min(r + 2, s / 2), max(s - r - 2, s / 2)) for s, r in zip(shape, radii)])
 
@@ -105,7 +131,7 @@ def generate_case(rng: np.random.Generator, kind: str | None = None,
         return r
 
     others: list[tuple[np.ndarray, float]] = []  # (mask, intensity) of non-target structures
-    if kind in ("blob", "nested", "touching", "lookalike"):
+    if kind in ("blob", "nested", "touching", "lookalike", "alongside"):
         radii = rand_radii(0.08 * hw, 0.3 * hw)
         target = _blob(rng, shape, _random_center(rng, shape, radii), radii, rng.uniform(0, 0.6))
     elif kind == "tube":
@@ -151,6 +177,8 @@ def generate_case(rng: np.random.Generator, kind: str | None = None,
             nr = rand_radii(0.06 * hw, 0.2 * hw)
             neighbour = _blob(rng, shape, c + (c - centre) * 0.2, nr, 0.4) & ~gap
             others.append((neighbour, base + contrast + rng.uniform(-0.03, 0.03)))
+    elif kind == "alongside":
+        others.append((_alongside(rng, target), base + contrast + rng.uniform(-0.04, 0.04)))
     for _ in range(int(rng.integers(1, 5))):  # distractors elsewhere
         r = rand_radii(0.04 * hw, 0.2 * hw)
         m = _blob(rng, shape, _random_center(rng, shape, r), r, 0.4) & ~ndi.binary_dilation(target, iterations=2)
