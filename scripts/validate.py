@@ -54,6 +54,8 @@ VARIANTS = {
     "guarded+window+pat3": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(patience=3)),
     "guarded+window-slice1way": dict(box_search="guarded", local_window=True, slice_one_way=False),
     "guarded+window-ext": dict(box_search="guarded", local_window=True, extend_slices=None),
+    "guarded+window+hyst2": dict(box_search="guarded", local_window=True, change_margin=0.2),
+    "guarded+window+hyst35": dict(box_search="guarded", local_window=True, change_margin=0.35),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 

@@ -47,7 +47,7 @@ class LimNetSegmenter:
                  local_rounds: bool = True, negative_geodesic: float = 100.0, positive_adds: bool = True,
                  clicked_only: bool = True, keep_answered: bool = False, guard_adds: bool = True,
                  fragments: float = 1.0, positive_union: bool = True, negative_subset: bool = True,
-                 slice_one_way: bool = True, extend_slices: int | None = 2) -> None:
+                 slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -77,6 +77,7 @@ class LimNetSegmenter:
         so the held-out gain is no independent evidence, see README)."""
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
+        self.change_margin = change_margin
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -384,9 +385,10 @@ class LimNetSegmenter:
         state.uncertainty = self.mask_entropy(state.probs)
         mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
         ks = sorted(probs)
+        threshold = self.propagation.threshold + self.change_margin * self._direction(state, foreground, background)
         for i in range(0, len(ks), 32):
             chunk = ks[i : i + 32]
-            paste_mask(torch.stack([probs[k] for k in chunk]), box, mask, chunk, self.propagation.threshold)
+            paste_mask(torch.stack([probs[k] for k in chunk]), box, mask, chunk, threshold)
         # the settled slices that border this round's go in before the components are judged: the new stretch may
         # connect to a positive click only through settled slices, and those stand for what the last round
         # connected to the clicks (judging with every settled slice in place would label the whole object each click)
@@ -432,6 +434,14 @@ class LimNetSegmenter:
         elif self.negative_subset and n_neg and not n_pos:
             mask[region] &= state.mask[region]
         return region
+
+    @staticmethod
+    def _direction(state: InteractionState, foreground: list[Click], background: list[Click]) -> int:
+        """+1 for a round whose new clicks are all positive, -1 for all negative, 0 otherwise (and first rounds)."""
+        if state.mask is None or state.new_clicks(foreground, background) is None:
+            return 0
+        n_pos, n_neg = len(foreground) - len(state.foreground), len(background) - len(state.background)
+        return 1 if n_pos and not n_neg else -1 if n_neg and not n_pos else 0
 
     def _limit_extension(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click]) -> None:
         """Clear what a round of positive clicks put more than `extend_slices` past an end of the last mask that none
