@@ -47,7 +47,8 @@ class LimNetSegmenter:
                  local_rounds: bool = True, negative_geodesic: float = 100.0, positive_adds: bool = True,
                  clicked_only: bool = True, keep_answered: bool = False, guard_adds: bool = True,
                  fragments: float = 1.0, positive_union: bool = True, negative_subset: bool = True,
-                 slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0) -> None:
+                 slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
+                 negative_footprint: float | None = 0.0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -74,10 +75,14 @@ class LimNetSegmenter:
         click inside the object corrects it in-plane; to lengthen it the user clicks at its end; None: off; neutral on
         the 168 validation cases, where it almost never acts, +0.001 [+0.000, +0.003] and 1 drop fewer on 24
         "alongside" cases; prompted by held-out runs where such a click re-propagated 30-40 slices onto a neighbour,
-        so the held-out gain is no independent evidence, see README)."""
+        so the held-out gain is no independent evidence, see README); `negative_footprint`: a round of negative clicks
+        alone removes on other slices only inside the in-plane footprint of what it removed on its clicked slices,
+        widened by this many times the footprint's radius, at least 2 pixels (`_limit_removal`; None: off; 0,
+        validation, 192 cases: 10 fewer drops, [-17, -3], Dice -0.001 over clicks, [-0.003, -0.000]; 1.0: 4 fewer,
+        [-9, +1], +0.000)."""
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
-        self.change_margin = change_margin
+        self.change_margin, self.negative_footprint = change_margin, negative_footprint
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -433,6 +438,8 @@ class LimNetSegmenter:
             mask[region] |= state.mask[region]
         elif self.negative_subset and n_neg and not n_pos:
             mask[region] &= state.mask[region]
+            if self.negative_footprint is not None:
+                self._limit_removal(state, mask, region, background[len(state.background):])
         return region
 
     @staticmethod
@@ -442,6 +449,22 @@ class LimNetSegmenter:
             return 0
         n_pos, n_neg = len(foreground) - len(state.foreground), len(background) - len(state.background)
         return 1 if n_pos and not n_neg else -1 if n_neg and not n_pos else 0
+
+    def _limit_removal(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click]) -> None:
+        """A round of negative clicks removes on other slices only inside the in-plane footprint of what it removed on
+        the clicked slices, widened by `negative_footprint` times that footprint's radius (at least 2 pixels): a
+        click on a rim does not take the object's core off the slices around it. Changes `mask` in place."""
+        removed = state.mask[region] & ~mask[region]
+        ks = sorted({int(c[2]) - region[2].start for c in new if region[2].start <= int(c[2]) < region[2].stop})
+        on_clicked = removed[:, :, ks].any(2) if ks else np.zeros(removed.shape[:2], bool)
+        radius = np.sqrt(on_clicked.sum() / np.pi)
+        grow = int(np.ceil(max(2.0, self.negative_footprint * radius)))
+        footprint = ndi.binary_dilation(on_clicked, iterations=grow) if on_clicked.any() else on_clicked
+        restore = removed & ~footprint[:, :, None]
+        restore[:, :, ks] = False
+        mask[region] |= restore
+        for x, y, k in new:
+            mask[x, y, k] = False
 
     def _limit_extension(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click]) -> None:
         """Clear what a round of positive clicks put more than `extend_slices` past an end of the last mask that none
