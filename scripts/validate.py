@@ -57,7 +57,8 @@ VARIANTS = {
     "guarded+window+hyst2": dict(box_search="guarded", local_window=True, change_margin=0.2),
     "guarded+window+hyst35": dict(box_search="guarded", local_window=True, change_margin=0.35),
     "guarded+window+foot1": dict(box_search="guarded", local_window=True, negative_footprint=1.0),
-    "guarded+window-foot": dict(box_search="guarded", local_window=True, negative_footprint=None),
+    "guarded+window+foot05": dict(box_search="guarded", local_window=True, negative_footprint=0.5),
+    "guarded+window+foot0": dict(box_search="guarded", local_window=True, negative_footprint=0.0),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 

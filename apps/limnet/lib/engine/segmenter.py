@@ -48,7 +48,7 @@ class LimNetSegmenter:
                  clicked_only: bool = True, keep_answered: bool = False, guard_adds: bool = True,
                  fragments: float = 1.0, positive_union: bool = True, negative_subset: bool = True,
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
-                 negative_footprint: float | None = 0.0) -> None:
+                 negative_footprint: float | None = None) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -77,9 +77,9 @@ class LimNetSegmenter:
         "alongside" cases; prompted by held-out runs where such a click re-propagated 30-40 slices onto a neighbour,
         so the held-out gain is no independent evidence, see README); `negative_footprint`: a round of negative clicks
         alone removes on other slices only inside the in-plane footprint of what it removed on its clicked slices,
-        widened by this many times the footprint's radius, at least 2 pixels (`_limit_removal`; None: off; 0,
-        validation, 192 cases: 10 fewer drops, [-17, -3], Dice -0.001 over clicks, [-0.003, -0.000]; 1.0: 4 fewer,
-        [-9, +1], +0.000)."""
+        widened by this many times the footprint's radius, at least 2 pixels (`_limit_removal`; None: off, the
+        default; validation, 192 cases: 0 gives 10 fewer drops, [-17, -3], but Dice -0.001 over clicks, [-0.003,
+        -0.000]; 0.5 and 1.0 are neutral; see README)."""
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
