@@ -48,7 +48,7 @@ class LimNetSegmenter:
                  clicked_only: bool = True, keep_answered: bool = False, guard_adds: bool = True,
                  fragments: float = 1.0, positive_union: bool = True, negative_subset: bool = True,
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
-                 negative_footprint: float | None = None) -> None:
+                 negative_footprint: float | None = None, first_guard: float = 0.75) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -83,6 +83,7 @@ class LimNetSegmenter:
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
+        self.first_guard = first_guard
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -268,7 +269,7 @@ class LimNetSegmenter:
         found = False
         for k, (pos, neg) in by_slice.items():
             if pos:
-                extent = self._first_extent(state.image, k, pos, neg)
+                extent = self._first_extent(state.image, k, pos, neg, self.first_guard)
                 if extent is not None:
                     xs, ys = xs + list(extent[:2]), ys + list(extent[2:])
                     found = True
