@@ -432,15 +432,13 @@ class LimNetSegmenter:
         """A round moves the result only in the direction of its new clicks: after positive clicks alone the last
         round's mask stays in (a positive click says "more object", not "less elsewhere"), after negative clicks
         alone nothing outside it comes in. Changes `mask` in place; returns the region that may hold voxels."""
-        if state.mask is None or state.new_clicks(foreground, background) is None:
-            return region
-        n_pos, n_neg = len(foreground) - len(state.foreground), len(background) - len(state.background)
-        if n_pos and not n_neg and self.extend_slices is not None:
+        direction = self._direction(state, foreground, background)
+        if direction > 0 and self.extend_slices is not None:
             self._limit_extension(state, mask, region, foreground[len(state.foreground):])
-        if self.positive_union and n_pos and not n_neg:
+        if self.positive_union and direction > 0:
             region = region_union(region, state.region)
             mask[region] |= state.mask[region]
-        elif self.negative_subset and n_neg and not n_pos:
+        elif self.negative_subset and direction < 0:
             mask[region] &= state.mask[region]
             if self.negative_footprint is not None:
                 self._limit_removal(state, mask, region, background[len(state.background):])
