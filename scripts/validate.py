@@ -13,6 +13,7 @@ interval. A difference whose interval holds 0 is noise at this number of cases.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -61,6 +62,13 @@ VARIANTS = {
     "guarded+window+foot0": dict(box_search="guarded", local_window=True, negative_footprint=0.0),
     "guarded+window+guard5": dict(box_search="guarded", local_window=True, first_guard=0.5),
     "guarded+window+guard6": dict(box_search="guarded", local_window=True, first_guard=0.6),
+    "guarded+window-rguard": dict(box_search="guarded", local_window=True, reduced_guard=None),
+    "guarded+window+rguard5": dict(box_search="guarded", local_window=True, reduced_guard=0.5),
+    "guarded+window+rguard4": dict(box_search="guarded", local_window=True, reduced_guard=0.4),
+    "guarded+window+rguard4+cov9": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
+                                        window_coverage=0.9),
+    "guarded+window+rguard4+cov8": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
+                                        window_coverage=0.8),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }
 
@@ -74,7 +82,18 @@ def main() -> None:
                    help="weights file; several, comma-separated, run every variant with each (named variant@file)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--kinds", default=",".join(VALIDATION_KINDS), help="kinds of structure, comma-separated")
+    p.add_argument("--json", help="also write each run's per-case Dice here (runs split over processes by kind "
+                                  "are compared together with --merge)")
+    p.add_argument("--merge", help="comma-separated --json files: print their tables together and exit")
     args = p.parse_args()
+    if args.merge:
+        dice: dict[str, dict[str, list[list[float]]]] = {}
+        for path in args.merge.split(","):
+            with open(path) as f:
+                for name, by_kind in json.load(f).items():
+                    dice.setdefault(name, {}).update(by_kind)
+        print(tables(dice, list(dice), [k for k in VALIDATION_KINDS if k in next(iter(dice.values()))]))
+        return
     torch.set_num_threads(args.threads)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if set(kinds) - set(VALIDATION_KINDS):
@@ -99,17 +118,27 @@ def main() -> None:
                 d = run.dice + [run.dice[-1]] * (args.rounds - len(run.dice))
                 dice[name][kind].append(d)
         print(f"# {i + 1}/{args.cases} cases per kind, {time.time() - t0:.0f}s", flush=True)
-    print("\n| variant | kind | " + " | ".join(f"Dice@{r + 1}" for r in range(args.rounds)) + " | drops > 0.01 |")
-    print("|---|---|" + "---|" * (args.rounds + 1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dice, f)
+    print(tables(dice, names, kinds))
+
+
+def tables(dice: dict[str, dict[str, list[list[float]]]], names: list[str], kinds: list[str]) -> str:
+    """Mean Dice per click and drops per run and kind, then the paired comparison with the first run."""
+    rounds = len(dice[names[0]][kinds[0]][0])
+    lines = ["\n| variant | kind | " + " | ".join(f"Dice@{r + 1}" for r in range(rounds)) + " | drops > 0.01 |",
+             "|---|---|" + "---|" * (rounds + 1)]
     for v in names:
         for kind in kinds:
             m = np.mean(dice[v][kind], axis=0)
-            print(f"| {v} | {kind} | " + " | ".join(f"{x:.3f}" for x in m) + f" | {drops(dice[v][kind])} |")
+            lines.append(f"| {v} | {kind} | " + " | ".join(f"{x:.3f}" for x in m) + f" | {drops(dice[v][kind])} |")
         runs = pooled(dice[v])
         m = np.mean(runs, axis=0)
-        print(f"| {v} | **all** | " + " | ".join(f"**{x:.3f}**" for x in m) + f" | **{drops(runs)}** |")
+        lines.append(f"| {v} | **all** | " + " | ".join(f"**{x:.3f}**" for x in m) + f" | **{drops(runs)}** |")
     if len(names) > 1:
-        print(paired_table(dice, names))
+        lines.append(paired_table(dice, names))
+    return "\n".join(lines)
 
 
 def paired_table(dice: dict[str, dict[str, list[list[float]]]], names: list[str], draws: int = 2000) -> str:

@@ -111,15 +111,32 @@ Window = tuple[float, float]
 
 
 def box_window(volume: np.ndarray, box: Box, slices, low: float = 0.5, high: float = 99.5,
-               min_width: float = 0.05) -> Window:
+               min_width: float = 0.05, coverage: float | None = None, anchor: float | None = None) -> Window:
     """The intensity window of a box: percentiles of the (normalised) volume inside it on `slices`, at least
     `min_width` wide. A region of interest's own contrast, as a reader windows an image: a small lesion's contrast
-    is lost in a whole CT volume's range; the minimum width keeps noise in a flat region from being blown up."""
+    is lost in a whole CT volume's range; the minimum width keeps noise in a flat region from being blown up.
+
+    With `coverage`, the narrowest intensity range holding that share of the box's pixels (and `anchor`, the clicked
+    tissue's intensity, if given) instead: a few percent of air or lung in a CT box otherwise stretch the window over
+    1000 HU and leave two soft tissues 30 HU apart nearly the same grey, where a reader would pick a soft-tissue
+    window; what lies outside is shown clipped, black or white."""
     h, w, _ = volume.shape
     sx0, sx1, sy0, sy1 = max(box.x0, 0), min(box.x1, h), max(box.y0, 0), min(box.y1, w)
     region = volume[sx0:sx1, sy0:sy1][:, :, np.unique(np.asarray(slices).ravel())]
     step = max(1, int(np.sqrt(region.shape[0] * region.shape[1] / 65536)))  # <= ~64k pixels a slice
-    lo, hi = np.percentile(region[::step, ::step].astype(np.float32), [low, high])
+    values = region[::step, ::step].astype(np.float32).ravel()
+    lo, hi = np.percentile(values, [low, high])
+    if coverage is not None and values.size > 16:
+        v = np.sort(values)
+        n = max(1, int(np.ceil(coverage * v.size)))
+        starts = np.arange(v.size - n + 1)
+        widths = v[starts + n - 1] - v[starts]
+        if anchor is not None:  # windows that hold the clicked tissue only
+            ok = (v[starts] <= anchor) & (v[starts + n - 1] >= anchor)
+            widths = np.where(ok, widths, np.inf)
+        i = int(np.argmin(widths))
+        if np.isfinite(widths[i]):
+            lo, hi = max(lo, v[i]), min(hi, v[i + n - 1])
     if hi - lo < min_width:
         mid = (lo + hi) / 2
         lo, hi = mid - min_width / 2, mid + min_width / 2
