@@ -62,7 +62,6 @@ VARIANTS = {
     "guarded+window+foot0": dict(box_search="guarded", local_window=True, negative_footprint=0.0),
     "guarded+window+guard5": dict(box_search="guarded", local_window=True, first_guard=0.5),
     "guarded+window+guard6": dict(box_search="guarded", local_window=True, first_guard=0.6),
-    "guarded+window-cov": dict(box_search="guarded", local_window=True, window_coverage=None),
     "guarded+window-rguard": dict(box_search="guarded", local_window=True, reduced_guard=None),
     "guarded+window+rguard5": dict(box_search="guarded", local_window=True, reduced_guard=0.5),
     "guarded+window+rguard4": dict(box_search="guarded", local_window=True, reduced_guard=0.4),
