@@ -314,11 +314,11 @@ class LimNetSegmenter:
         wins if it finds a trusted object."""
         if self.box_search == "search":
             return self._object_extent(image, k, pos, neg)
-        if self.box_search == "full":
-            return self._full_slice_extent(image, k, pos, neg)
-        h, w = image.shape[:2]
-        full = self._clicked_component(image, Box.around(0, h - 1, 0, w - 1, 1.0, 8), k, pos, neg)
+        full = self._full_slice_component(image, k, pos, neg)
         extent = None if full is None else full[1]
+        if self.box_search == "full":
+            return extent
+        h, w = image.shape[:2]
         span = None if extent is None else max(extent[1] - extent[0], extent[3] - extent[2]) + 1
         if extent is None or span > implausible * max(h, w):
             found, trusted = self._object_extent(image, k, pos, neg, with_trust=True)
@@ -359,11 +359,11 @@ class LimNetSegmenter:
         sl = ndi.find_objects(comp.astype(np.uint8))[0]
         return comp, (sl[0].start, sl[0].stop - 1, sl[1].start, sl[1].stop - 1)
 
-    def _full_slice_extent(self, image: np.ndarray, k: int, pos: list, neg: list) -> tuple[int, int, int, int] | None:
-        """The clicked component of one pass over the whole slice (the search's last resort; kept for ablation)."""
+    def _full_slice_component(self, image: np.ndarray, k: int, pos: list,
+                              neg: list) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """The clicked component of one pass over the whole slice and its extent (`_clicked_component`)."""
         h, w = image.shape[:2]
-        found = self._clicked_component(image, Box.around(0, h - 1, 0, w - 1, 1.0, 8), k, pos, neg)
-        return None if found is None else found[1]
+        return self._clicked_component(image, Box.around(0, h - 1, 0, w - 1, 1.0, 8), k, pos, neg)
 
     def _object_extent(self, image: np.ndarray, k: int, pos: list, neg: list, start: int = 24,
                        grow: float = 1.5, agree: float = 0.6, fill: float = 0.4, with_trust: bool = False):
