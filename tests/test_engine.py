@@ -435,3 +435,17 @@ def test_a_first_click_on_a_large_organ_in_a_ct_slice_does_not_take_the_body(net
     seg = LimNetSegmenter(net, "cpu", use_fusion=False)
     mask = seg.add_clicks(seg.new_state(image), [(241, 256, 12)], [])
     assert dice(mask, organ) > 0.9
+
+
+def test_an_added_part_keeps_only_what_looks_like_the_object() -> None:
+    """`added_like` (off by default): of a positive click's added part only the pixels nearer the object's intensity
+    than the background's stay; a faint shadow beside a dark spot goes."""
+    image = np.full((40, 40), 0.5, np.float32)
+    image[15:25, 15:25] = 0.1  # the spot
+    image[15:25, 5:15] = 0.42  # a faint shadow beside it
+    last = np.zeros((40, 40), bool)
+    last[16:24, 16:23] = True  # found, less a rim
+    comp = np.zeros((40, 40), bool)
+    comp[15:25, 5:25] = True  # the module's answer to a click on the rim: spot and shadow
+    kept = LimNetSegmenter._like_object(image, last, comp)
+    assert kept[16:24, 16:24].all() and not kept[15:25, 5:13].any()  # edge pixels blend in the 3x3 mean
