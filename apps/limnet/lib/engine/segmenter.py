@@ -146,7 +146,8 @@ class LimNetSegmenter:
     def _interact(self, image: np.ndarray, box: Box, k: int, pos: list, neg: list,
                   finding: bool = False) -> torch.Tensor:
         """S x S probability of the clicked slice k inside `box` (seen through the box's own intensity window;
-        `finding`: a first click's box search, through the plain percentile window)."""
+        `finding`: through the plain percentile window whatever `window_coverage` says, as `_clicked_component`
+        asks for the first click's box search and a positive click's added part)."""
         ks = neighbour_indices(k, image.shape[2])
         window = self._window(image, box, ks, [(x, y, k) for x, y in pos], finding)
         frames = crop_slices(image, box, ks, self.size, window)
