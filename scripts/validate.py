@@ -65,6 +65,7 @@ VARIANTS = {
     "guarded+window-rguard": dict(box_search="guarded", local_window=True, reduced_guard=None),
     "guarded+window+rguard5": dict(box_search="guarded", local_window=True, reduced_guard=0.5),
     "guarded+window+rguard4": dict(box_search="guarded", local_window=True, reduced_guard=0.4),
+    "guarded+window+rguard3": dict(box_search="guarded", local_window=True, reduced_guard=0.3),
     "guarded+window+rguard4+cov9": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                         window_coverage=0.9),
     "guarded+window+rguard4+cov8": dict(box_search="guarded", local_window=True, reduced_guard=0.4,

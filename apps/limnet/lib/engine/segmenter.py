@@ -88,7 +88,8 @@ class LimNetSegmenter:
         checks it (0.5 and 0.6 cost Dice on validation); `reduced_guard`: the same share where the pass saw the slice
         reduced 2x or more (CT-sized slices), where the search's trusted answer overrules it only if the rest of it
         is another tissue (`_holds_other_tissue`; None: off; validation, 48 "ct_organ" cases, the only kind with
-        such slices: 0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]);
+        such slices: 0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]; 0.3 against 0.4
+        +0.022 [+0.000, +0.060], not taken);
         `window_coverage`: each box is seen through the narrowest intensity window that holds this share of its
         pixels and the positively clicked tissue (`box_window`; None: its 0.5-99.5 percentiles; a first click's box
         search keeps those; off: validation, 216 cases, 0.9 +0.014 [+0.001, +0.031] over clicks, drops +5 [-11, +21],
