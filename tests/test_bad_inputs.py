@@ -49,7 +49,7 @@ BAD = {
     "4d": ("series.nii.gz", _nifti(RNG.random((16, 16, 8, 3)).astype(np.float32)), "one value per voxel"),
     "rgb_picture": ("photo.png", _png_rgb(), "one value per voxel"),
     "constant": ("constant.nii.gz", _nifti(np.full((16, 16, 8), 7, np.float32)), "constant"),
-    "all_nan": ("nan.nii.gz", _nifti(np.full((16, 16, 8), np.nan, np.float32)), "constant"),  # ITK reads NaN as 0
+    "all_nan": ("nan.nii.gz", _nifti(np.full((16, 16, 8), np.nan, np.float32)), "no finite values"),
     "truncated_nii_gz": ("cut.nii.gz", _nifti(VOL)[: len(_nifti(VOL)) // 2], "truncated"),
     "truncated_nii": ("cut.nii", _nifti(VOL, compressed=False)[:2000], "truncated"),
     "truncated_nrrd": ("cut.nrrd", _nrrd(VOL)[:-1500], "could not read the image"),

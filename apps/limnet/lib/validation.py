@@ -88,7 +88,7 @@ def check_image_complete(path: str, image) -> None:
     the missing voxels with zeros, so only an image whose last voxel (in file order) is 0 can be one; only then is
     the file measured (a .nii.gz is inflated once: ~1 s for 150 MB). ITK itself raises on short NRRD data."""
     name = path.lower()
-    if not name.endswith((".nii", ".nii.gz")) or float(image.reshape(-1)[-1]) != 0:
+    if not name.endswith((".nii", ".nii.gz")) or float(image[(-1,) * image.ndim]) != 0:  # no reshape: a copy
         return
     _, need = _nifti_header(path)
     try:

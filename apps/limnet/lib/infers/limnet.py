@@ -28,6 +28,7 @@ from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
 from lib.validation import check_image_complete, check_image_header, check_volume
 
+from .nifti_reader import read_nifti
 from .result_writer import write_label_nrrd
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ def prepare_image(image: MetaTensor) -> CachedImage:
     """Check that an image can be segmented (3D, finite values, not constant) and normalise it once."""
     if image.ndim != 3:
         raise _bad_request(f"LIM-Net needs a 3D image; this one has shape {list(image.shape)}")
-    volume = image.array if hasattr(image, "array") else np.asarray(image)
+    # MetaTensor.array copies into C order; the tensor's own view keeps a NIfTI's Fortran order (see
+    # `normalize_intensity`)
+    volume = image.as_tensor().numpy() if isinstance(image, MetaTensor) else np.asarray(image)
     if volume.dtype.kind not in "uif":
         raise _bad_request(f"unsupported voxel type {volume.dtype}")
     if volume.dtype.kind == "f":
@@ -127,7 +130,9 @@ class VolumeCache:
                     return hit[1]
             check_image_header(path)  # what ITK does not check: oversized volumes, truncated NIfTI
             try:
-                raw = self._loader({"image": path})["image"]
+                raw = read_nifti(path)
+                if raw is None:
+                    raw = self._loader({"image": path})["image"]
             except MONAILabelException:
                 raise
             except Exception as e:  # corrupt, truncated or unsupported file

@@ -1,0 +1,72 @@
+"""A fast reader for the common NIfTI volume, the format MONAI Label's datastores hold (a DICOMweb series is
+converted to `.nii.gz` on first use).
+
+MONAI's ITKReader takes ~3 s for a 512x512x300 `.nii.gz` on this project's 2-core machine (`itk.imread` alone
+1-3 s, even uncompressed); nibabel reads the same voxels in ~1 s when the gzip stream is inflated by ISA-L
+(`isal`, ~2.5x zlib). That is most of a cold first click (the image read inside the request, OHIF's path). The
+fast path is taken only where both readers agree on what the voxels and their position are: one scalar value per
+voxel, three dimensions, a rigid voxel-to-world matrix given by the header, and no qform/sform disagreement (ITK and nibabel choose
+between those differently). Everything else, and every error, goes to ITK as before.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+logger = logging.getLogger(__name__)
+
+try:  # ISA-L's gzip: same stream, ~2.5x faster to inflate than zlib
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - isal is in requirements.txt
+    import gzip as _gzip
+
+
+def _rigid(affine: np.ndarray) -> bool:
+    """Orthogonal axes (any spacing): ITK keeps such a matrix as it is; it orthonormalises a sheared one."""
+    m = affine[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    if np.any(spacing <= 0):
+        return False
+    r = m / spacing
+    return bool(np.allclose(r.T @ r, np.eye(3), atol=1e-4))
+
+
+def read_nifti(path: str) -> MetaTensor | None:
+    """The volume at `path` as a MetaTensor in ITKReader's layout (x, y, z; RAS affine), or None where ITK should
+    read it (not a plain 3D scalar NIfTI, ambiguous orientation, or anything nibabel cannot read)."""
+    import nibabel as nib
+
+    name = path.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        header_img = nib.load(path)
+        header = header_img.header
+        if len(header.get_data_shape()) != 3 or header.get_data_dtype().fields is not None:
+            return None
+        if header.get_data_dtype().kind not in "uif":
+            return None
+        qform, qcode = header.get_qform(coded=True)
+        sform, scode = header.get_sform(coded=True)
+        if not (qcode or scode) or (qcode and scode and not np.allclose(qform, sform, atol=1e-4)):
+            return None  # no orientation at all (each reader makes up its own) or two that disagree
+        affine = header_img.affine
+        if not _rigid(affine):
+            return None
+        if name.endswith(".gz"):
+            with _gzip.open(path, "rb") as f:
+                img = nib.Nifti1Image.from_stream(f) if isinstance(header_img, nib.Nifti1Image) else None
+                if img is None:
+                    return None
+                data = np.asanyarray(img.dataobj)
+        else:
+            data = np.asanyarray(header_img.dataobj)  # a memory map: read slab by slab when normalised
+    except Exception as e:  # truncated or odd file: ITK reads it or reports it, as before
+        logger.info("fast NIfTI read of %s skipped: %s", path, e)
+        return None
+    return MetaTensor(torch.as_tensor(data) if data.dtype.kind != "u" or data.dtype == np.uint8 else
+                      torch.as_tensor(data.astype(np.int32)), affine=torch.as_tensor(affine, dtype=torch.float64))

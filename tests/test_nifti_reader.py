@@ -1,0 +1,78 @@
+"""The fast NIfTI reader must give what MONAI's ITKReader gives (voxels, RAS affine) and leave every file it is not
+sure about to ITK; the image the engine caches must not depend on which reader read it."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.transforms import LoadImage
+from scipy.spatial.transform import Rotation
+
+from lib.infers.limnet import VolumeCache, prepare_image
+from lib.infers.nifti_reader import read_nifti
+
+RNG = np.random.default_rng(0)
+DATA = RNG.integers(-1000, 1000, (31, 23, 17)).astype(np.int16)
+OBLIQUE = np.eye(4)
+OBLIQUE[:3, :3] = Rotation.from_euler("xyz", [10, -20, 35], degrees=True).as_matrix() @ np.diag([0.8, -0.7, 2.5])
+OBLIQUE[:3, 3] = [10.0, -20.0, 5.5]
+FLIPPED = np.diag([-0.7, -0.7, 1.5, 1.0])
+FLIPPED[:3, 3] = [100.0, 50.0, -20.0]
+
+
+def _save(path, data, affine, qcode=1, scode=1, slope=None) -> str:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine if qcode else None, code=qcode)
+    img.set_sform(affine if scode else None, code=scode)
+    if slope is not None:
+        img.header.set_slope_inter(*slope)
+    nib.save(img, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("name,data,affine,codes,slope", [
+    ("plain.nii.gz", DATA, np.diag([0.7, 0.7, 1.5, 1.0]), (1, 1), None),
+    ("oblique.nii.gz", DATA, OBLIQUE, (1, 1), None),
+    ("flipped.nii", DATA, FLIPPED, (1, 1), None),
+    ("qform_only.nii.gz", DATA.astype(np.float32) * 0.5, OBLIQUE, (1, 0), None),
+    ("sform_only.nii.gz", DATA.astype(np.uint16), FLIPPED, (0, 2), None),
+    ("uint8.nii", (DATA % 200).astype(np.uint8), OBLIQUE, (1, 1), None),
+    ("scaled.nii.gz", DATA, FLIPPED, (1, 1), (2.0, -5.0)),
+])
+def test_same_image_as_itk(tmp_path, name, data, affine, codes, slope) -> None:
+    path = _save(tmp_path / name, data, affine, *codes, slope=slope)
+    ours, ref = read_nifti(path), LoadImage(reader="ITKReader", image_only=True)(path)
+    assert ours is not None, "a plain 3D NIfTI must take the fast path"
+    assert ours.shape == ref.shape
+    assert np.allclose(ours.as_tensor().numpy().astype(np.float64), ref.numpy().astype(np.float64))
+    assert np.allclose(ours.affine.numpy(), ref.affine.numpy(), atol=1e-4)
+    a, b = prepare_image(ours), prepare_image(ref)  # what the engine caches: same values, same geometry
+    assert np.array_equal(a.normalized, b.normalized)
+    assert np.allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4)
+
+
+def test_unsure_files_are_left_to_itk(tmp_path) -> None:
+    sheared = np.eye(4)
+    sheared[0, 1] = 0.3
+    assert read_nifti(_save(tmp_path / "shear.nii.gz", DATA, sheared)) is None  # ITK orthonormalises it
+    assert read_nifti(_save(tmp_path / "nocode.nii.gz", DATA, OBLIQUE, 0, 0)) is None  # each reader guesses
+    img = nib.Nifti1Image(DATA, OBLIQUE)
+    img.set_qform(OBLIQUE, code=1)
+    img.set_sform(FLIPPED, code=2)
+    nib.save(img, str(tmp_path / "disagree.nii.gz"))
+    assert read_nifti(str(tmp_path / "disagree.nii.gz")) is None  # qform and sform say different things
+    assert read_nifti(_save(tmp_path / "4d.nii.gz", DATA[..., None].repeat(2, 3), OBLIQUE)) is None
+    raw = open(_save(tmp_path / "whole.nii.gz", DATA, OBLIQUE), "rb").read()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    assert read_nifti(str(tmp_path / "cut.nii.gz")) is None  # truncated: ITK and the checks report it
+    nrrd_path = tmp_path / "x.nrrd"
+    nrrd_path.write_bytes(b"")
+    assert read_nifti(str(nrrd_path)) is None
+
+
+def test_cache_keeps_fortran_order(tmp_path) -> None:
+    """A NIfTI's slices are contiguous on disk; the cached float16 image keeps them so (slice reads, slab writes)."""
+    image = VolumeCache().load(_save(tmp_path / "plain.nii.gz", DATA, FLIPPED))
+    assert image.normalized.flags.f_contiguous and image.normalized.dtype == np.float16
+    assert image.normalized.shape == DATA.shape
