@@ -35,6 +35,8 @@ def main() -> None:
     p.add_argument("--memory-length", type=int, default=4, help="slices per training sequence of the memory stage")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--body-in-air", type=float, default=0.0,
+                   help="share of generated cases placed inside a body in air on a wider slice (CT/MR-like)")
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
@@ -62,7 +64,7 @@ def main() -> None:
     import numpy as np
 
     extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1 + 1000 * rank))
-    pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra)
+    pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra, body_in_air=args.body_in_air)
     logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
     meta = {"seed": args.seed, "processes": world}
 

@@ -10,17 +10,19 @@ from lib.engine.geometry import normalize_intensity
 from .samplers import Case
 
 
-def synthetic_case(rng: np.random.Generator) -> Case:
-    c = generate_case(rng)
+def synthetic_case(rng: np.random.Generator, body_in_air: float = 0.0) -> Case:
+    c = generate_case(rng, body_in_air=body_in_air)
     return Case(normalize_intensity(c.image), c.label)
 
 
 class CasePool:
     """Keeps `size` cases and replaces `refresh` of them every `every` calls."""
 
-    def __init__(self, seed: int, size: int = 96, refresh: int = 4, every: int = 50, extra: list[Case] | None = None):
+    def __init__(self, seed: int, size: int = 96, refresh: int = 4, every: int = 50, extra: list[Case] | None = None,
+                 body_in_air: float = 0.0):
         self.rng = np.random.default_rng(seed)
-        self.cases = [synthetic_case(self.rng) for _ in range(size)]
+        self.body_in_air = body_in_air
+        self.cases = [synthetic_case(self.rng, body_in_air) for _ in range(size)]
         self.extra = extra or []
         self.refresh, self.every, self.calls = refresh, every, 0
 
@@ -28,5 +30,5 @@ class CasePool:
         self.calls += 1
         if self.calls % self.every == 0:
             for _ in range(self.refresh):
-                self.cases[int(self.rng.integers(len(self.cases)))] = synthetic_case(self.rng)
+                self.cases[int(self.rng.integers(len(self.cases)))] = synthetic_case(self.rng, self.body_in_air)
         return self.cases + self.extra
