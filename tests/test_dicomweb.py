@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import nrrd
 import numpy as np
@@ -47,10 +48,15 @@ def dicom_stack(orthanc_server, tmp_path_factory):
     series["mr"] = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(work / "mr"), "MR", "mr")
     orthanc.upload(url, str(work / "mr"))
     viewer_truth["mr"] = viewer_truth["ras"]
+    # a series only the viewer-prefetch test touches first
+    series["viewed"] = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(work / "viewed"), "CT", "viewed")
+    orthanc.upload(url, str(work / "viewed"))
+    viewer_truth["viewed"] = viewer_truth["ras"]
     app = copy_app(tmp_path_factory.mktemp("app"))
     mlog = open(work / "server.log", "w+")
     server, murl = start_server(app, f"{url}/dicom-web", log=mlog, HOME=str(tmp_path_factory.mktemp("home")))
-    yield {"orthanc": url, "server": murl, "series": series, "truth": truth, "viewer_truth": viewer_truth}
+    yield {"orthanc": url, "server": murl, "series": series, "truth": truth, "viewer_truth": viewer_truth,
+           "log": work / "server.log"}
     stop_server(server)
 
 
@@ -113,3 +119,30 @@ def test_label_of_an_mr_series_reaches_the_trainers_datalist(dicom_stack):
     cases = load_labelled_cases(items)
     assert len(cases) == 1 and np.array_equal(cases[0][1].label > 0, mask), \
         "the trainer reads the saved mask on the image's grid"
+
+
+def test_viewer_reading_a_series_prefetches_it(dicom_stack):
+    """OHIF reads a series through the server's DICOMweb proxy when it opens it; the server then downloads, converts
+    and normalises the series in the background, so the first click does not. A click sent right after the proxied
+    read gets the right answer (one download per series at a time in the server: the click waits for the
+    prefetch's, it does not convert a half-downloaded folder)."""
+    murl, uid = dicom_stack["server"], dicom_stack["series"]["viewed"]
+    found = requests.get(f"{dicom_stack['orthanc']}/dicom-web/series", params={"SeriesInstanceUID": uid}).json()
+    study = found[0]["0020000D"]["Value"][0]
+    r = requests.get(f"{murl}/proxy/dicom/wado/studies/{study}/series/{uid}/metadata", timeout=120)
+    assert r.status_code == 200 and len(r.json()) == 40, "the proxy answers the viewer as before"
+    truth = dicom_stack["viewer_truth"]["viewed"]
+    mask, _ = _ohif_infer(murl, uid, [[int(round(v)) for v in np.argwhere(truth).mean(0)]])
+    inter = (mask & truth).sum()
+    assert inter / truth.sum() > 0.6 and inter / max(mask.sum(), 1) > 0.6, (mask.sum(), truth.sum(), inter)
+    deadline = time.time() + 60
+    while "prefetched" not in _log_lines_with(dicom_stack["log"], uid) and time.time() < deadline:
+        time.sleep(0.5)
+    lines = _log_lines_with(dicom_stack["log"], uid)
+    assert "prefetched" in lines, "the proxied read started a prefetch of the series"
+    assert lines.count("Image Dir (cache)") >= 1 and "Traceback" not in lines
+
+
+def _log_lines_with(path, text: str) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(line for line in f if text in line)

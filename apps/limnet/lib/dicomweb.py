@@ -12,7 +12,9 @@ other keys of the search filter kept), merged: plain QIDO, so any DICOMweb serve
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 
 from cachetools import TTLCache, cached
 from monailabel.config import settings
@@ -50,4 +52,23 @@ def widen_image_list(datastore: DICOMWebDatastore, modalities: tuple[str, ...]) 
 
     datastore.list_images = list_images  # the instance attribute shadows the class's CT-only method
     logger.info("DICOMweb images: series of modalities %s", ",".join(modalities))
+    return datastore
+
+
+def serialize_downloads(datastore: DICOMWebDatastore) -> DICOMWebDatastore:
+    """One download per series at a time. MONAI Label's `get_image_uri` downloads a series into its cache folder
+    unless that folder exists and is not empty, then converts it: a second request for the same series during the
+    download (a click while the viewer's prefetch runs, or a double click) would convert a half-written folder."""
+    fetch = datastore.get_image_uri
+    locks: dict[str, threading.Lock] = {}
+    guard = threading.Lock()
+
+    @functools.wraps(fetch)
+    def get_image_uri(image_id: str) -> str:
+        with guard:
+            lock = locks.setdefault(image_id, threading.Lock())
+        with lock:
+            return fetch(image_id)
+
+    datastore.get_image_uri = get_image_uri
     return datastore

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -155,7 +156,9 @@ class VolumeCache:
 
         def run() -> None:
             try:
+                start = time.perf_counter()
                 self.load(path)
+                logger.info("prefetched %s in %.2fs", path, time.perf_counter() - start)
             except Exception as e:
                 logger.info("prefetch of %s skipped: %s", path, e)
 
