@@ -182,33 +182,28 @@ def _random_center(rng, shape, radii) -> np.ndarray:
     return np.array([rng.uniform(min(r + 2, s / 2), max(s - r - 2, s / 2)) for s, r in zip(shape, radii)])
 
 
-def _body_layout(rng: np.random.Generator, shape: tuple[int, int, int],
-                 max_size: int = 384) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray]:
-    """Where a scene goes when it is placed inside a body surrounded by air, on a slice 1.7-2.6x as wide: what a
-    click on a CT or MR slice sees when the whole slice is in view (air far darker than any tissue contrast, a rim
-    around the body). Returns the padding of the scene and the rim and air masks of the padded slice."""
-    grow = min(rng.uniform(1.7, 2.6), max_size / shape[0])
-    pad = [(int((s * grow - s) / 2),) * 2 for s in shape[:2]] + [(0, 0)]
-    big = tuple(s + p[0] + p[1] for s, p in zip(shape, pad))
-    x, y = np.ogrid[: big[0], : big[1]]
-    ax = min(shape[0] / 2 * rng.uniform(1.5, 1.65), big[0] / 2 - 2)
-    ay = min(shape[1] / 2 * rng.uniform(1.5, 1.65), big[1] / 2 - 2)
-    ellipse = ((x - big[0] / 2) / ax) ** 2 + ((y - big[1] / 2) / ay) ** 2
-    rim = rng.uniform(0.02, 0.05)  # the scene's rectangle stays inside the rim
-    return pad, (ellipse < 1) & (ellipse >= (1 - rim) ** 2), ellipse >= 1
+def _body_ellipse(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, float]:
+    """An elliptic body nearly filling the slice: its normalised radius per pixel (< 1 inside) and its rim width."""
+    x, y = np.ogrid[: shape[0], : shape[1]]
+    ax, ay = shape[0] * rng.uniform(0.42, 0.49), shape[1] * rng.uniform(0.40, 0.49)
+    return ((x - shape[0] / 2) / ax) ** 2 + ((y - shape[1] / 2) / ay) ** 2, rng.uniform(0.02, 0.05)
 
 
 def generate_case(rng: np.random.Generator, kind: str | None = None,
                   size: tuple[int, int] = (96, 160), depth: tuple[int, int] = (24, 56),
                   body_in_air: float = 0.0) -> SyntheticCase:
     """One volume and its target label. Geometry is built isotropically then thickened along the last axis.
-    `body_in_air`: the share of cases placed inside a body in air on a wider slice (`_body_layout`; training only,
-    0 keeps every validation case as it was)."""
+    `body_in_air`: the share of cases drawn on a slice 1.7-2.6x as wide (objects scaled with it, small ones not)
+    inside a body surrounded by air (`_body_ellipse`): what a click sees when a CT or MR slice is in view whole, air
+    far darker than any tissue contrast. Training only; 0 keeps every validation case as it was."""
     if kind == "ct_organ":
         return ct_scene(rng)
     kind = kind or KINDS[rng.integers(len(KINDS))]
     thick = int(rng.choice([1, 1, 2, 3, 4, 5]))
     hw = int(rng.integers(size[0], size[1] + 1))
+    in_body = bool(body_in_air) and rng.random() < body_in_air
+    if in_body:
+        hw = int(hw * min(rng.uniform(1.7, 2.6), 384 / hw))
     d_out = int(rng.integers(depth[0], depth[1] + 1))
     shape = (hw, int(hw * rng.uniform(0.8, 1.0)), d_out * thick)
     shape = (shape[0], shape[1], min(shape[2], 200))
@@ -219,20 +214,31 @@ def generate_case(rng: np.random.Generator, kind: str | None = None,
         r[2] = min(r[2], shape[2] * 0.45)
         return r
 
+    body, rim = _body_ellipse(rng, shape) if in_body else (None, 0.0)
+
+    def target_center(radii) -> np.ndarray:  # inside the body's inner part where there is one
+        for _ in range(50):
+            c = _random_center(rng, shape, radii)
+            if body is None or body[int(c[0]), int(c[1])] < 0.5:
+                return c
+        return np.array([shape[0] / 2, shape[1] / 2, shape[2] / 2])
+
     others: list[tuple[np.ndarray, float]] = []  # (mask, intensity) of non-target structures
     if kind in ("blob", "nested", "touching", "lookalike", "alongside"):
         radii = rand_radii(0.08 * hw, 0.3 * hw)
-        target = _blob(rng, shape, _random_center(rng, shape, radii), radii, rng.uniform(0, 0.6))
+        target = _blob(rng, shape, target_center(radii), radii, rng.uniform(0, 0.6))
     elif kind == "tube":
         target = _tube(rng, shape, rng.uniform(1.5, 5), int(rng.integers(1, 4)))
     elif kind == "sheet":
         target = _sheet(rng, shape)
     else:  # spot: a small lesion
         radii = rand_radii(2.0, 6.0)
-        target = _blob(rng, shape, _random_center(rng, shape, radii), radii, rng.uniform(0, 0.3))
+        target = _blob(rng, shape, target_center(radii), radii, rng.uniform(0, 0.3))
+    if body is not None:  # what lies outside the body's inner part is not there
+        target &= (body < (1 - rim) ** 2)[:, :, None]
     if target.sum() < 20:
         radii = rand_radii(6, 14)
-        target = _blob(rng, shape, _random_center(rng, shape, radii), radii, 0.2)
+        target = _blob(rng, shape, target_center(radii), radii, 0.2)
 
     base = rng.uniform(0.2, 0.5)
     contrast = rng.uniform(0.12, 0.5) * rng.choice([-1, 1])
@@ -273,14 +279,9 @@ def generate_case(rng: np.random.Generator, kind: str | None = None,
         m = _blob(rng, shape, _random_center(rng, shape, r), r, 0.4) & ~ndi.binary_dilation(target, iterations=2)
         others.append((m, base + rng.uniform(-0.5, 0.5)))
 
-    body = None
-    if body_in_air and rng.random() < body_in_air:
-        pad, rim, outside = _body_layout(rng, shape)
-        target = np.pad(target, pad)
-        others = [(np.pad(m, pad), v) for m, v in others]
-        shape = target.shape
-        body = (np.broadcast_to(rim[:, :, None], shape), np.broadcast_to(outside[:, :, None], shape))
+    if body is not None:
         air = base - rng.uniform(0.6, 1.5)
+        outside = np.broadcast_to((body >= 1)[:, :, None], shape)
     img = np.full(shape, base, np.float32)
     img += _smooth_noise(rng, shape, rng.uniform(2, 8)) * rng.uniform(0.0, 0.06)
     for m, val in others:
@@ -288,14 +289,14 @@ def generate_case(rng: np.random.Generator, kind: str | None = None,
     tex = _smooth_noise(rng, shape, rng.uniform(0.8, 3)) * rng.uniform(0, 0.08)
     img[target] = base + contrast + tex[target]
     if body is not None:
-        img[body[0]] = base + rng.uniform(-0.2, 0.3)  # rim (fat, skin)
-        img[body[1]] = air
+        img[np.broadcast_to(((body < 1) & (body >= (1 - rim) ** 2))[:, :, None], shape)] = base + rng.uniform(-0.2, 0.3)
+        img[outside] = air  # the rim above: fat, skin
     img = ndi.gaussian_filter(img, rng.uniform(0.4, 1.2))  # partial volume at edges
     if rng.random() < 0.6:  # bias field (MR-like)
         bias = 1 + 0.25 * _smooth_noise(rng, tuple(max(4, s // 8) for s in shape), 2)
         img *= ndi.zoom(bias, [s / b for s, b in zip(shape, bias.shape)], order=1)[: shape[0], : shape[1], : shape[2]]
         if body is not None:  # air stays air
-            img[body[1]] = air
+            img[outside] = air
     label = target.astype(np.float32)
     if thick > 1:  # thick slices: average the isotropic slab (partial volume across slices)
         d = shape[2] // thick
