@@ -141,6 +141,9 @@ def test_viewer_reading_a_series_prefetches_it(dicom_stack):
     lines = _log_lines_with(dicom_stack["log"], uid)
     assert "prefetched" in lines, "the proxied read started a prefetch of the series"
     assert lines.count("Image Dir (cache)") >= 1 and "Traceback" not in lines
+    for line in lines.splitlines():  # the converter's temporary copy is not left behind in /tmp
+        if "Adding Image:" in line:
+            assert not os.path.exists(line.split("=> ")[-1].strip()), line
 
 
 def _log_lines_with(path, text: str) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import tempfile
 import threading
 
 from cachetools import TTLCache, cached
@@ -56,9 +58,12 @@ def widen_image_list(datastore: DICOMWebDatastore, modalities: tuple[str, ...]) 
 
 
 def serialize_downloads(datastore: DICOMWebDatastore) -> DICOMWebDatastore:
-    """One download per series at a time. MONAI Label's `get_image_uri` downloads a series into its cache folder
-    unless that folder exists and is not empty, then converts it: a second request for the same series during the
-    download (a click while the viewer's prefetch runs, or a double click) would convert a half-written folder."""
+    """One download per series at a time, and always the stored copy's path. MONAI Label's `get_image_uri`
+    downloads a series into its cache folder unless that folder exists and is not empty, then converts it: a second
+    request for the same series during the download (a click while the viewer's prefetch runs, or a double click)
+    would convert a half-written folder. Its first conversion also answers with the converter's temporary file
+    (copied into the datastore, never removed): the image cache would read the series twice under two names, and
+    /tmp would keep a copy of every series."""
     fetch = datastore.get_image_uri
     locks: dict[str, threading.Lock] = {}
     guard = threading.Lock()
@@ -68,7 +73,13 @@ def serialize_downloads(datastore: DICOMWebDatastore) -> DICOMWebDatastore:
         with guard:
             lock = locks.setdefault(image_id, threading.Lock())
         with lock:
-            return fetch(image_id)
+            path = fetch(image_id)
+            stored = os.path.realpath(os.path.join(datastore._datastore.image_path(), f"{image_id}.nii.gz"))
+            if path and os.path.realpath(path) != stored and os.path.isfile(stored) and os.path.isfile(path):
+                if os.path.dirname(os.path.realpath(path)) == os.path.realpath(tempfile.gettempdir()):
+                    os.remove(path)  # the converter's temporary file, already copied into the datastore
+                return stored
+            return path
 
     datastore.get_image_uri = get_image_uri
     return datastore
