@@ -47,6 +47,8 @@ def test_same_image_as_itk(tmp_path, name, data, affine, codes, slope) -> None:
     assert ours.shape == ref.shape
     assert np.allclose(ours.as_tensor().numpy().astype(np.float64), ref.numpy().astype(np.float64))
     assert np.allclose(ours.affine.numpy(), ref.affine.numpy(), atol=1e-4)
+    if slope is not None:  # scaled values as ITK gives them: float32, not a float64 copy
+        assert ours.dtype == ref.dtype
     a, b = prepare_image(ours), prepare_image(ref)  # what the engine caches: same values, same geometry
     assert np.array_equal(a.normalized, b.normalized)
     assert np.allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4)
@@ -63,6 +65,7 @@ def test_unsure_files_are_left_to_itk(tmp_path) -> None:
     nib.save(img, str(tmp_path / "disagree.nii.gz"))
     assert read_nifti(str(tmp_path / "disagree.nii.gz")) is None  # qform and sform say different things
     assert read_nifti(_save(tmp_path / "4d.nii.gz", DATA[..., None].repeat(2, 3), OBLIQUE)) is None
+    assert read_nifti(_save(tmp_path / "u32.nii.gz", DATA.astype(np.uint32), OBLIQUE)) is None  # no torch uint32
     raw = open(_save(tmp_path / "whole.nii.gz", DATA, OBLIQUE), "rb").read()
     (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
     assert read_nifti(str(tmp_path / "cut.nii.gz")) is None  # truncated: ITK and the checks report it

@@ -46,10 +46,11 @@ def read_nifti(path: str) -> MetaTensor | None:
     try:
         header_img = nib.load(path)
         header = header_img.header
-        if len(header.get_data_shape()) != 3 or header.get_data_dtype().fields is not None:
+        dtype = header.get_data_dtype()
+        if len(header.get_data_shape()) != 3 or dtype.fields is not None or dtype.kind not in "uif":
             return None
-        if header.get_data_dtype().kind not in "uif":
-            return None
+        if dtype.kind == "u" and dtype.itemsize > 2:
+            return None  # uint32/64: torch has no such tensors, int32 could overflow
         qform, qcode = header.get_qform(coded=True)
         sform, scode = header.get_sform(coded=True)
         if not (qcode or scode) or (qcode and scode and not np.allclose(qform, sform, atol=1e-4)):
@@ -59,14 +60,22 @@ def read_nifti(path: str) -> MetaTensor | None:
             return None
         if name.endswith(".gz"):
             with _gzip.open(path, "rb") as f:
-                img = nib.Nifti1Image.from_stream(f) if isinstance(header_img, nib.Nifti1Image) else None
-                if img is None:
-                    return None
-                data = np.asanyarray(img.dataobj)
+                img = type(header_img).from_stream(f)
+                data = _voxels(img)
         else:
-            data = np.asanyarray(header_img.dataobj)  # a memory map: read slab by slab when normalised
+            data = _voxels(header_img)  # unscaled: a memory map, read slab by slab when normalised
     except Exception as e:  # truncated or odd file: ITK reads it or reports it, as before
         logger.info("fast NIfTI read of %s skipped: %s", path, e)
         return None
-    return MetaTensor(torch.as_tensor(data) if data.dtype.kind != "u" or data.dtype == np.uint8 else
-                      torch.as_tensor(data.astype(np.int32)), affine=torch.as_tensor(affine, dtype=torch.float64))
+    if data.dtype == np.uint16:
+        data = data.astype(np.int32, order="F")
+    return MetaTensor(torch.as_tensor(data), affine=torch.as_tensor(affine, dtype=torch.float64))
+
+
+def _voxels(img) -> np.ndarray:
+    """The stored values, scaled (float32, as ITK gives them) only where the header says so: a float64 copy of a CT
+    would take 600 MB."""
+    proxy = img.dataobj
+    if float(getattr(proxy, "slope", 1.0)) != 1.0 or float(getattr(proxy, "inter", 0.0)) != 0.0:
+        return img.get_fdata(dtype=np.float32)
+    return np.asanyarray(proxy)
