@@ -149,3 +149,25 @@ def test_viewer_reading_a_series_prefetches_it(dicom_stack):
 def _log_lines_with(path, text: str) -> str:
     with open(path, errors="replace") as f:
         return "".join(line for line in f if text in line)
+
+
+@pytest.mark.parametrize("affine", [np.diag([0.8, 0.8, 2.5, 1.0]), np.diag([-0.8, 0.8, 2.5, 1.0])])
+def test_fast_series_conversion_matches_monailabels(tmp_path, affine):
+    """The converter the server uses for downloaded series (ISA-L gzip) writes what MONAI Label's would: same voxels,
+    same geometry, read back by SimpleITK."""
+    import SimpleITK as sitk
+    from monailabel.datastore.utils.convert import dicom_to_nifti
+
+    from lib.dicomweb import convert_series
+
+    img, _ = cube_volume(3)
+    orthanc.write_series(img, affine, str(tmp_path / "series"), "CT", "conv")
+    ours, ref = convert_series(str(tmp_path / "series")), dicom_to_nifti(str(tmp_path / "series"))
+    try:
+        a, b = sitk.ReadImage(ours), sitk.ReadImage(ref)
+        assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+        assert a.GetOrigin() == b.GetOrigin() and a.GetSpacing() == b.GetSpacing()
+        assert a.GetDirection() == b.GetDirection()
+    finally:
+        os.remove(ours)
+        os.remove(ref)

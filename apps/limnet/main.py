@@ -23,7 +23,7 @@ from monailabel.utils.others.class_utils import get_class_names
 import lib.configs
 import lib.server_patches
 from lib.datastore import SafeLocalDatastore
-from lib.dicomweb import parse_modalities, serialize_downloads, widen_image_list
+from lib.dicomweb import parse_modalities, serialize_downloads, use_fast_conversion, widen_image_list
 from lib.validation import check_name, inside, invalid
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class MyApp(MONAILabelApp):
             if isinstance(ds, DICOMWebDatastore):  # CT-only image list by default: widen it (lib/dicomweb.py)
                 widen_image_list(ds, parse_modalities(self.conf.get("dicomweb_modalities")))
                 serialize_downloads(ds)
+                use_fast_conversion()
             return ds
         return SafeLocalDatastore(
             self.studies,

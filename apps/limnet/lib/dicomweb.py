@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import tempfile
 import threading
 
@@ -83,3 +84,43 @@ def serialize_downloads(datastore: DICOMWebDatastore) -> DICOMWebDatastore:
 
     datastore.get_image_uri = get_image_uri
     return datastore
+
+
+def convert_series(series_dir: str, is_seg: bool = False) -> str:
+    """MONAI Label's `dicom_to_nifti` for an image series, the same SimpleITK reader and NIfTI writer, with the gzip
+    done by ISA-L at level 1: SimpleITK's own compression took 2.3 of the 2.6 s a 512x512x300 CT series needed here
+    (now 0.7 s; the file is 5% larger, the voxels and geometry the same). SEG and single-file series go to MONAI
+    Label's function. Returns a temporary `.nii.gz`, as the original does."""
+    import SimpleITK
+
+    if is_seg or not os.path.isdir(series_dir) or len(os.listdir(series_dir)) <= 1:
+        return _monailabel_dicom_to_nifti(series_dir, is_seg)
+    try:
+        from isal import igzip as gzip_module
+    except ImportError:  # pragma: no cover - isal is in requirements.txt
+        import gzip as gzip_module
+    reader = SimpleITK.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(series_dir))
+    image = reader.Execute()
+    fd, out = tempfile.mkstemp(suffix=".nii.gz")
+    os.close(fd)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = os.path.join(tmp, "image.nii")
+        SimpleITK.WriteImage(image, raw)
+        with open(raw, "rb") as src, gzip_module.open(out, "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 4 << 20)
+    logger.info("converted %s (%s) to %s", series_dir, "x".join(map(str, image.GetSize())), out)
+    return out
+
+
+def _monailabel_dicom_to_nifti(series_dir: str, is_seg: bool = False) -> str:
+    from monailabel.datastore.utils.convert import dicom_to_nifti
+
+    return dicom_to_nifti(series_dir, is_seg)
+
+
+def use_fast_conversion() -> None:
+    """Make MONAI Label's DICOMweb datastore convert downloaded series with `convert_series`."""
+    import monailabel.datastore.dicom as dicom
+
+    dicom.dicom_to_nifti = convert_series
