@@ -93,12 +93,10 @@ def convert_series(series_dir: str, is_seg: bool = False) -> str:
     Label's function. Returns a temporary `.nii.gz`, as the original does."""
     import SimpleITK
 
+    from lib.infers.nifti_reader import fast_gzip
+
     if is_seg or not os.path.isdir(series_dir) or len(os.listdir(series_dir)) <= 1:
         return _monailabel_dicom_to_nifti(series_dir, is_seg)
-    try:
-        from isal import igzip as gzip_module
-    except ImportError:  # pragma: no cover - isal is in requirements.txt
-        import gzip as gzip_module
     reader = SimpleITK.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(series_dir))
     image = reader.Execute()
@@ -107,7 +105,7 @@ def convert_series(series_dir: str, is_seg: bool = False) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "image.nii")
         SimpleITK.WriteImage(image, raw)
-        with open(raw, "rb") as src, gzip_module.open(out, "wb", compresslevel=1) as dst:
+        with open(raw, "rb") as src, fast_gzip.open(out, "wb", compresslevel=1) as dst:
             shutil.copyfileobj(src, dst, 4 << 20)
     logger.info("converted %s (%s) to %s", series_dir, "x".join(map(str, image.GetSize())), out)
     return out
