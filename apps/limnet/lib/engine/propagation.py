@@ -101,9 +101,11 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         return {}
     last_anchor = present[-1]
     bank = MemoryBank(cfg.working_capacity)
+    values = {}
     for k in order:  # every prompted slice is a pinned memory anchor, the cleared ones too
         frame, key, feats = features.get(k, direction)
-        bank.add(key.flatten(2), memory.encode_value(frame, anchors[k], feats[2]).flatten(2), pinned=True)
+        values[k] = memory.encode_value(frame, anchors[k], feats[2])
+        bank.add(key.flatten(2), values[k].flatten(2), pinned=True)
     out: dict[int, torch.Tensor] = {}
     empty = settled = 0
     start, below, above = present[0], -1, depth  # the walk stays strictly between `below` and `above`
@@ -112,20 +114,20 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         start = ([p for p in present if (entry - p) * direction >= 0] or [present[0]])[-1]
         below, above = (below, span[1] + 1) if direction > 0 else (span[0] - 1, above)
     k = start + direction
-    hidden = None
+    hidden, source = None, start  # a fresh sensory state starts from the mask of the anchor `source`
     last_round, previous = previous, anchors[start][0, 0] > cfg.threshold
     while below < k < above:
         if k in anchors:
             if k not in present:
                 break
-            hidden = None  # a prompted slice restarts the sensory state from its own mask
+            hidden, source = None, k  # a prompted slice restarts the sensory state from its own mask
             empty = 0
             previous = anchors[k][0, 0] > cfg.threshold
             k += direction
             continue
         frame, key, feats = features.get(k, direction)
         if hidden is None:
-            hidden = memory.init_hidden(key)
+            hidden = memory.remember(values[source], memory.init_hidden(key))
         mem_k, mem_v = bank.readout_tensors()
         logits, hidden, usage = memory.step(key, feats, mem_k, mem_v, hidden)
         prob = keep_connected(torch.sigmoid(logits)[0, 0], previous, cfg.threshold, cfg.reach)[None, None]
@@ -143,7 +145,9 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         else:
             empty = 0
             previous = prob[0, 0] > cfg.threshold
-            bank.add(key.flatten(2), memory.encode_value(frame, prob, feats[2]).flatten(2))
+            value = memory.encode_value(frame, prob, feats[2])
+            bank.add(key.flatten(2), value.flatten(2))
+            hidden = memory.remember(value, hidden)
         if last_round is not None and (k - last_anchor) * direction > 0:
             settled = settled + 1 if k in last_round and _same(prob[0, 0], last_round[k], cfg.threshold,
                                                                cfg.same_iou) else 0

@@ -26,7 +26,10 @@ class LimNet(nn.Module):
     def load(cls, path: str, device: str | torch.device = "cpu") -> "LimNet":
         net = cls()
         state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict({k: v.float() for k, v in state["state_dict"].items()})
+        weights = {k: v.float() for k, v in state["state_dict"].items()}
+        if not any(k.startswith("memory.deep_update.") for k in weights):
+            net.memory.deep_update = None  # weights from before the deep sensory update: propagate as they were
+        net.load_state_dict(weights)
         return net.to(device).eval()
 
     def save(self, path: str, meta: dict | None = None) -> None:

@@ -43,10 +43,16 @@ class ValueEncoder(nn.Module):
 class SensoryUpdate(nn.Module):
     """Convolutional GRU: the per-pixel hidden state carried from one slice to the next."""
 
-    def __init__(self, cin: int, hidden_dim: int) -> None:
+    def __init__(self, cin: int, hidden_dim: int, keep: bool = False) -> None:
         super().__init__()
         self.gates = nn.Conv2d(cin + hidden_dim, hidden_dim * 2, 3, padding=1)
         self.cand = nn.Conv2d(cin + hidden_dim, hidden_dim, 3, padding=1)
+        if keep:  # start close to "keep the hidden state": added to trained weights, it first changes little
+            for conv in (self.gates, self.cand):
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+            with torch.no_grad():
+                self.gates.bias[:hidden_dim] = -4.0  # update gate z = sigmoid(-4) ~ 0.02
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         z, r = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, dim=1)
@@ -70,7 +76,12 @@ def affinity_readout(
 
 
 class MemoryModel(nn.Module):
-    """Propagates a mask from remembered slices to a new slice."""
+    """Propagates a mask from remembered slices to a new slice.
+
+    With `deep_update` (XMem's deep sensory update), every remembered (slice, mask) value also updates the
+    sensory state, so the hidden state that reaches the next slice knows where the mask just was; without it
+    (weights trained before 2026-12-03) the state sees the mask only through the memory readout.
+    """
 
     def __init__(
         self,
@@ -78,14 +89,16 @@ class MemoryModel(nn.Module):
         key_dim: int = 32,
         value_dim: int = 64,
         hidden_dim: int = 32,
+        deep_update: bool = True,
     ) -> None:
         super().__init__()
-        self.hidden_dim = hidden_dim
+        self.hidden_dim, self.value_dim = hidden_dim, value_dim
         self.key_encoder = KeyEncoder(widths, key_dim)
         self.value_encoder = ValueEncoder(widths, value_dim)
         self.fuse = ConvBlock(value_dim + hidden_dim + widths[2], widths[2])
         self.decoder = Decoder(widths[2], widths[:2], width=16)
         self.sensory = SensoryUpdate(widths[2], hidden_dim)
+        self.deep_update = SensoryUpdate(value_dim, hidden_dim, keep=True) if deep_update else None
 
     def encode_key(self, frames: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.key_encoder(frames)
@@ -96,6 +109,17 @@ class MemoryModel(nn.Module):
     def init_hidden(self, key: torch.Tensor) -> torch.Tensor:
         b, _, h, w = key.shape
         return key.new_zeros(b, self.hidden_dim, h, w)
+
+    def add_deep_update(self) -> None:
+        """Give weights trained without it a deep sensory update that starts near "keep the state" (to fine-tune)."""
+        if self.deep_update is None:
+            p = next(self.parameters())
+            self.deep_update = SensoryUpdate(self.value_dim, self.hidden_dim, keep=True).to(p.device)
+
+    def remember(self, value: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The sensory state after a (slice, mask) value (B x Cv x h x w) is remembered (unchanged without
+        `deep_update`)."""
+        return hidden if self.deep_update is None else self.deep_update(value, hidden)
 
     def segment(
         self, readout: torch.Tensor, hidden: torch.Tensor, feats: list[torch.Tensor]

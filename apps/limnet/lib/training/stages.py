@@ -107,17 +107,19 @@ def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, firs
     keys, feats = memory.encode_key(frames.flatten(0, 1))
     keys = keys.unflatten(0, (b, t))
     feats = [f.unflatten(0, (b, t)) for f in feats]
-    mem_k = [keys[:, 0].flatten(2)]
-    mem_v = [memory.encode_value(frames[:, 0], first_mask, feats[2][:, 0]).flatten(2)]
-    hidden = memory.init_hidden(keys[:, 0])
+    value = memory.encode_value(frames[:, 0], first_mask, feats[2][:, 0])
+    mem_k, mem_v = [keys[:, 0].flatten(2)], [value.flatten(2)]
+    hidden = memory.remember(value, memory.init_hidden(keys[:, 0]))
     loss = 0.0
     for i in range(1, t):
         fi = [f[:, i] for f in feats]
         logits, hidden, _ = memory.step(keys[:, i], fi, torch.cat(mem_k, 2), torch.cat(mem_v, 2), hidden)
         loss = loss + seg_loss(logits, masks[:, i])
         prob = torch.sigmoid(logits)
+        value = memory.encode_value(frames[:, i], prob, fi[2])
         mem_k.append(keys[:, i].flatten(2))
-        mem_v.append(memory.encode_value(frames[:, i], prob, fi[2]).flatten(2))
+        mem_v.append(value.flatten(2))
+        hidden = memory.remember(value, hidden)
     return loss / (t - 1)
 
 
