@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--body-in-air", type=float, default=0.0,
                    help="share of generated cases placed inside a body in air on a wider slice (CT/MR-like)")
     p.add_argument("--deep-update", action="store_true",
-                   help="give weights trained without it the memory model's deep sensory update (then train it)")
+                   help="add XMem's deep sensory update to the memory model (off by default; then train it)")
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")

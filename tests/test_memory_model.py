@@ -27,7 +27,7 @@ def _propagate(net: LimNet, image: np.ndarray, label: np.ndarray) -> dict[int, t
 
 
 def test_weights_without_the_deep_update_load_without_it_and_keep_their_answers(net, tmp_path):
-    """A weights file trained before the deep update (the model folder of an existing install) must propagate
+    """A weights file without the deep update (the committed one, or an existing install's) must propagate
     exactly as it did: the update is left out, not added with fresh weights."""
     image, label = _sphere_volume()
     before = _propagate(net, image, label)

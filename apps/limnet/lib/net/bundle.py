@@ -27,8 +27,8 @@ class LimNet(nn.Module):
         net = cls()
         state = torch.load(path, map_location="cpu", weights_only=True)
         weights = {k: v.float() for k, v in state["state_dict"].items()}
-        if not any(k.startswith("memory.deep_update.") for k in weights):
-            net.memory.deep_update = None  # weights from before the deep sensory update: propagate as they were
+        if any(k.startswith("memory.deep_update.") for k in weights):  # trained with `train.py --deep-update`
+            net.memory.add_deep_update()
         net.load_state_dict(weights)
         return net.to(device).eval()
 

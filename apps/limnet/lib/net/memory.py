@@ -79,8 +79,9 @@ class MemoryModel(nn.Module):
     """Propagates a mask from remembered slices to a new slice.
 
     With `deep_update` (XMem's deep sensory update), every remembered (slice, mask) value also updates the
-    sensory state, so the hidden state that reaches the next slice knows where the mask just was; without it
-    (weights trained before 2026-12-03) the state sees the mask only through the memory readout.
+    sensory state, so the hidden state that reaches the next slice knows where the mask just was; without it (the
+    committed weights) the state sees the mask only through the memory readout. Off by default: fine-tuned into
+    the committed weights it did not change validation Dice (README, 2026-12-03).
     """
 
     def __init__(
@@ -89,7 +90,7 @@ class MemoryModel(nn.Module):
         key_dim: int = 32,
         value_dim: int = 64,
         hidden_dim: int = 32,
-        deep_update: bool = True,
+        deep_update: bool = False,
     ) -> None:
         super().__init__()
         self.hidden_dim, self.value_dim = hidden_dim, value_dim
