@@ -39,6 +39,8 @@ def main() -> None:
                    help="share of generated cases placed inside a body in air on a wider slice (CT/MR-like)")
     p.add_argument("--deep-update", action="store_true",
                    help="add XMem's deep sensory update to the memory model (off by default; then train it)")
+    p.add_argument("--deep-update-only", action="store_true",
+                   help="with --deep-update: train only the deep update, the rest of the memory model frozen")
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
@@ -78,6 +80,9 @@ def main() -> None:
 
     if args.deep_update:
         net.memory.add_deep_update()
+        if args.deep_update_only:  # the optimizer skips parameters without gradients
+            for name, param in net.memory.named_parameters():
+                param.requires_grad_(name.startswith("deep_update."))
     net.to(device)
     logging.info("training on %s", device)
     if args.stage in ("interaction", "all"):
