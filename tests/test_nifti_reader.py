@@ -6,9 +6,12 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from scipy.spatial.transform import Rotation
 
+from lib.engine.geometry import normalize_intensity
 from lib.infers.limnet import VolumeCache, prepare_image
 from lib.infers.nifti_reader import read_nifti
 
@@ -79,3 +82,14 @@ def test_cache_keeps_fortran_order(tmp_path) -> None:
     image = VolumeCache().load(_save(tmp_path / "plain.nii.gz", DATA, FLIPPED))
     assert image.normalized.flags.f_contiguous and image.normalized.dtype == np.float16
     assert image.normalized.shape == DATA.shape
+
+
+@pytest.mark.parametrize("spoil", ["none", "nan", "inf", "-inf"])
+def test_prepared_image_is_the_normalised_volume_with_or_without_non_finite_values(spoil):
+    """`prepare_image` skips the voxel-by-voxel finiteness pass when min and max are finite: same answer."""
+    v = np.random.default_rng(3).normal(100, 30, (40, 36, 12)).astype(np.float32)
+    if spoil != "none":
+        v[2:5, 3:6, 4] = {"nan": np.nan, "inf": np.inf, "-inf": -np.inf}[spoil]
+    prepared = prepare_image(MetaTensor(torch.from_numpy(v), affine=torch.eye(4))).normalized
+    assert np.isfinite(prepared).all()
+    np.testing.assert_array_equal(prepared, normalize_intensity(v, dtype=np.float16))

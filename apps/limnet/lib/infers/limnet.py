@@ -92,16 +92,16 @@ def prepare_image(image: MetaTensor) -> CachedImage:
     volume = image.as_tensor().numpy() if isinstance(image, MetaTensor) else np.asarray(image)
     if volume.dtype.kind not in "uif":
         raise _bad_request(f"unsupported voxel type {volume.dtype}")
-    if volume.dtype.kind == "f":
+    lo, hi = volume.min(), volume.max()  # NaN or an infinity shows in one of them: only then look voxel by voxel
+    all_finite = volume.dtype.kind != "f" or bool(np.isfinite(lo) and np.isfinite(hi))
+    if not all_finite:
         finite = np.isfinite(volume)
         if not finite.any():
             raise _bad_request("the image holds no finite values")
-        lo, hi = (volume.min(), volume.max()) if finite.all() else (volume[finite].min(), volume[finite].max())
-    else:
-        lo, hi = volume.min(), volume.max()
+        lo, hi = volume[finite].min(), volume[finite].max()
     if lo == hi:
         raise _bad_request("the image is constant: there is nothing to segment")
-    return CachedImage(normalize_intensity(volume, dtype=np.float16), image.affine)
+    return CachedImage(normalize_intensity(volume, dtype=np.float16, finite=all_finite), image.affine)
 
 
 class VolumeCache:
