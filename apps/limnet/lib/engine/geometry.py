@@ -11,15 +11,15 @@ from scipy.ndimage import gaussian_filter, label
 
 
 def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.99,
-                        dtype: type = np.float32, finite: bool = False) -> np.ndarray:
+                        dtype: type = np.float32, known_finite: bool = False) -> np.ndarray:
     """Modality-agnostic: clip to the volume's percentiles and scale to [0, 1] (design note). The percentiles only
     drop stray outliers: the network sees each box through its own window (`box_window`), so a bright lesion must
     not be clipped flat here. Works slab by slab (no whole-volume temporaries); `dtype` float16 halves what a
     cached CT volume holds. A Fortran-ordered input (NIfTI, ITK) keeps its layout: slab writes and the engine's
-    slice reads stay contiguous (0.33 s instead of 1.1 s for 512x512x300 on this project's machine). `finite`: the
-    caller has checked that every value is finite (a pass over the volume saved)."""
+    slice reads stay contiguous (0.33 s instead of 1.1 s for 512x512x300 on this project's machine).
+    `known_finite`: the caller has checked that every value is finite (a pass over the volume saved)."""
     v = np.asarray(volume)
-    if not finite and v.dtype.kind == "f" and not np.isfinite(v).all():
+    if not known_finite and v.dtype.kind == "f" and not np.isfinite(v).all():
         finite = np.isfinite(v)
         v = np.where(finite, v, np.nanmin(np.where(finite, v, np.inf)) if finite.any() else 0.0)
     sample = v[:: max(1, v.shape[0] // 64), :: max(1, v.shape[1] // 64), :] if v.ndim == 3 else v

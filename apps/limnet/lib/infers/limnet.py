@@ -101,7 +101,7 @@ def prepare_image(image: MetaTensor) -> CachedImage:
         lo, hi = volume[finite].min(), volume[finite].max()
     if lo == hi:
         raise _bad_request("the image is constant: there is nothing to segment")
-    return CachedImage(normalize_intensity(volume, dtype=np.float16, finite=all_finite), image.affine)
+    return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite), image.affine)
 
 
 class VolumeCache:

@@ -78,10 +78,10 @@ def affinity_readout(
 class MemoryModel(nn.Module):
     """Propagates a mask from remembered slices to a new slice.
 
-    With `deep_update` (XMem's deep sensory update), every remembered (slice, mask) value also updates the
-    sensory state, so the hidden state that reaches the next slice knows where the mask just was; without it (the
-    committed weights) the state sees the mask only through the memory readout. Off by default: fine-tuned into
-    the committed weights it did not change validation Dice (README, 2026-12-03).
+    With a deep update (XMem's deep sensory update, `add_deep_update`), every remembered (slice, mask) value also
+    updates the sensory state, so the hidden state that reaches the next slice knows where the mask just was;
+    without it (the committed weights) the state sees the mask only through the memory readout. Not there by
+    default: fine-tuned into the committed weights it did not change validation Dice (README, 2026-12-03).
     """
 
     def __init__(
@@ -90,7 +90,6 @@ class MemoryModel(nn.Module):
         key_dim: int = 32,
         value_dim: int = 64,
         hidden_dim: int = 32,
-        deep_update: bool = False,
     ) -> None:
         super().__init__()
         self.hidden_dim, self.value_dim = hidden_dim, value_dim
@@ -99,7 +98,7 @@ class MemoryModel(nn.Module):
         self.fuse = ConvBlock(value_dim + hidden_dim + widths[2], widths[2])
         self.decoder = Decoder(widths[2], widths[:2], width=16)
         self.sensory = SensoryUpdate(widths[2], hidden_dim)
-        self.deep_update = SensoryUpdate(value_dim, hidden_dim, keep=True) if deep_update else None
+        self.deep_update: SensoryUpdate | None = None
 
     def encode_key(self, frames: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.key_encoder(frames)
@@ -112,7 +111,7 @@ class MemoryModel(nn.Module):
         return key.new_zeros(b, self.hidden_dim, h, w)
 
     def add_deep_update(self) -> None:
-        """Give weights trained without it a deep sensory update that starts near "keep the state" (to fine-tune)."""
+        """Add the deep sensory update, started near "keep the state" so that trained weights first change little."""
         if self.deep_update is None:
             p = next(self.parameters())
             self.deep_update = SensoryUpdate(self.value_dim, self.hidden_dim, keep=True).to(p.device)
