@@ -22,7 +22,8 @@ from serverctl import free_port, start_server, stop_server  # noqa: E402,F401
 
 from lib.data.heldout import cache_dir  # noqa: E402
 from lib.data.synthetic import generate_case  # noqa: E402
-from lib.net.bundle import LimNet  # noqa: E402
+from lib.engine.geometry import crop_slices  # noqa: E402
+from lib.net.bundle import WORKING_SIZE, LimNet  # noqa: E402
 
 
 def weights_path() -> str:
@@ -121,3 +122,19 @@ def server(studies, app_dir, tmp_path_factory):
         raise RuntimeError("server did not start:\n" + log.read()[-3000:]) from None
     yield {"url": url, "proc": proc, "log": log, "app_dir": app_dir}
     stop_server(proc)
+
+
+def capsule_volume(depth=60, z0=15, z1=40, seed=0):
+    """A bright capsule spanning slices z0..z1 on a noisy, textured background."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(np.arange(96), np.arange(96), np.arange(depth), indexing="ij")
+    zc, half = (z0 + z1) / 2, (z1 - z0) / 2
+    r = 14 * np.sqrt(np.clip(1 - ((z - zc) / (half + 0.5)) ** 2, 0, 1))
+    label = ((x - 48) ** 2 + (y - 44) ** 2 <= r**2) & (z >= z0) & (z <= z1)
+    image = 0.3 + 0.4 * label + rng.normal(0, 0.05, label.shape)
+    image[20:30, 70:85] += 0.35  # a distractor
+    return image.astype(np.float32), label
+
+
+def anchor_probs(label, box, ks):
+    return {k: crop_slices(label.astype(np.float32), box, np.array([[k]]), WORKING_SIZE)[0, 0] for k in ks}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import anchor_probs, capsule_volume
 
 from lib.data.robot import dice, next_click
 from lib.engine.geometry import Box, crop_slices
@@ -13,22 +14,6 @@ from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
 from lib.engine.round_fusion import RoundFusion
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import WORKING_SIZE
-
-
-def capsule_volume(depth=60, z0=15, z1=40, seed=0):
-    """A bright capsule spanning slices z0..z1 on a noisy, textured background."""
-    rng = np.random.default_rng(seed)
-    x, y, z = np.meshgrid(np.arange(96), np.arange(96), np.arange(depth), indexing="ij")
-    zc, half = (z0 + z1) / 2, (z1 - z0) / 2
-    r = 14 * np.sqrt(np.clip(1 - ((z - zc) / (half + 0.5)) ** 2, 0, 1))
-    label = ((x - 48) ** 2 + (y - 44) ** 2 <= r**2) & (z >= z0) & (z <= z1)
-    image = 0.3 + 0.4 * label + rng.normal(0, 0.05, label.shape)
-    image[20:30, 70:85] += 0.35  # a distractor
-    return image.astype(np.float32), label
-
-
-def anchor_probs(label, box, ks):
-    return {k: crop_slices(label.astype(np.float32), box, np.array([[k]]), WORKING_SIZE)[0, 0] for k in ks}
 
 
 @pytest.fixture()

@@ -4,32 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from conftest import weights_path
+from conftest import anchor_probs, capsule_volume, weights_path
 
-from lib.engine.geometry import Box, crop_slices
+from lib.engine.geometry import Box
 from lib.engine.propagation import SliceFeatures, propagate
 from lib.net.bundle import WORKING_SIZE, LimNet
 from lib.training.stages import memory_sequence_loss
 
 
-def _sphere_volume():
-    x, y, z = np.meshgrid(np.arange(64), np.arange(64), np.arange(24), indexing="ij")
-    label = (x - 30) ** 2 + (y - 34) ** 2 + 4 * (z - 12) ** 2 <= 12**2
-    image = (0.3 + 0.4 * label + np.random.default_rng(0).normal(0, 0.04, label.shape)).astype(np.float32)
-    return image, label
-
-
 def _propagate(net: LimNet, image: np.ndarray, label: np.ndarray) -> dict[int, torch.Tensor]:
     box = Box.of_mask(label.any(2), 1.5, 32)
     feats = SliceFeatures(net.memory, image, box, WORKING_SIZE, torch.device("cpu"))
-    anchor = crop_slices(label.astype(np.float32), box, np.array([[12]]), WORKING_SIZE)[0, 0]
-    return propagate(net.memory, feats, {12: anchor})
+    return propagate(net.memory, feats, anchor_probs(label, box, [27]))
 
 
 def test_weights_without_the_deep_update_load_without_it_and_keep_their_answers(net, tmp_path):
     """A weights file without the deep update (the committed one, or an existing install's) must propagate
     exactly as it did: the update is left out, not added with fresh weights."""
-    image, label = _sphere_volume()
+    image, label = capsule_volume()
     before = _propagate(net, image, label)
     path = str(tmp_path / "w.pt")
     net.save(path)
@@ -55,10 +47,10 @@ def test_memory_training_reaches_the_deep_update():
     net = LimNet.load(weights_path())  # not the shared fixture: this one is changed and trained
     net.memory.add_deep_update()
     memory = net.memory.train()
-    image, label = _sphere_volume()
+    image, label = capsule_volume()
     frames = torch.from_numpy(np.stack([np.stack([image[:, :, k - 1], image[:, :, k], image[:, :, k + 1]])
-                                        for k in range(10, 14)]))[None]
-    masks = torch.from_numpy(label[:, :, 10:14].transpose(2, 0, 1).astype(np.float32))[None, :, None]
+                                        for k in range(25, 29)]))[None]
+    masks = torch.from_numpy(label[:, :, 25:29].transpose(2, 0, 1).astype(np.float32))[None, :, None]
     loss = memory_sequence_loss(memory, frames, masks, masks[:, 0])
     loss.backward()
     grads = [p.grad for p in memory.deep_update.parameters()]

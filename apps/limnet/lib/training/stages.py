@@ -115,6 +115,8 @@ def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, firs
         fi = [f[:, i] for f in feats]
         logits, hidden, _ = memory.step(keys[:, i], fi, torch.cat(mem_k, 2), torch.cat(mem_v, 2), hidden)
         loss = loss + seg_loss(logits, masks[:, i])
+        if i == t - 1:
+            break  # no frame after the last reads its value or state
         prob = torch.sigmoid(logits)
         value = memory.encode_value(frames[:, i], prob, fi[2])
         mem_k.append(keys[:, i].flatten(2))
