@@ -125,7 +125,8 @@ def test_viewer_reading_a_series_prefetches_it(dicom_stack):
     """OHIF reads a series through the server's DICOMweb proxy when it opens it; the server then downloads, converts
     and normalises the series in the background, so the first click does not. A click sent right after the proxied
     read gets the right answer (one download per series at a time in the server: the click waits for the
-    prefetch's, it does not convert a half-downloaded folder)."""
+    prefetch's, it does not convert a half-downloaded folder). The converter hands the volume it read to the image
+    cache (`SeriesConverter`): the stored file is not read again."""
     murl, uid = dicom_stack["server"], dicom_stack["series"]["viewed"]
     found = requests.get(f"{dicom_stack['orthanc']}/dicom-web/series", params={"SeriesInstanceUID": uid}).json()
     study = found[0]["0020000D"]["Value"][0]
@@ -140,6 +141,7 @@ def test_viewer_reading_a_series_prefetches_it(dicom_stack):
         time.sleep(0.5)
     lines = _log_lines_with(dicom_stack["log"], uid)
     assert "prefetched" in lines, "the proxied read started a prefetch of the series"
+    assert "handed over" in lines, "the converted volume went to the image cache without a second read"
     assert lines.count("Image Dir (cache)") >= 1 and "Traceback" not in lines
     for line in lines.splitlines():  # the converter's temporary copy is not left behind in /tmp
         if "Adding Image:" in line:
@@ -171,3 +173,53 @@ def test_fast_series_conversion_matches_monailabels(tmp_path, affine):
     finally:
         os.remove(ours)
         os.remove(ref)
+
+
+def _oblique(spacing=(0.8, 0.9, 2.5)) -> np.ndarray:
+    c, s = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ np.diag([1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = rot * np.asarray(spacing)[None, :]
+    affine[:3, 3] = (-12.5, 40.0, 7.25)
+    return affine
+
+
+@pytest.mark.parametrize("modality, affine", [("CT", np.diag([-0.8, 0.8, 2.5, 1.0])), ("MR", _oblique())])
+def test_converted_series_is_handed_to_the_image_cache_as_read(tmp_path, modality, affine):
+    """The volume the converter hands to the image cache (normalised while the file was compressed) is what the
+    cache would read from the stored file: the same normalised voxels, the same voxel-to-world matrix."""
+    import shutil
+
+    from lib.dicomweb import SeriesConverter
+    from lib.infers.limnet import VolumeCache, prepare_volume
+
+    img, _ = cube_volume(4)
+    orthanc.write_series(img, affine, str(tmp_path / "series"), modality, "handover")
+    handed: dict = {}
+    converter = SeriesConverter(prepare=prepare_volume, on_prepared=handed.__setitem__)
+    converted = converter(str(tmp_path / "series"))
+    stored = str(tmp_path / "stored.nii.gz")
+    shutil.copy(converted, stored)
+    os.remove(converted)
+    converter.hand_over(converted, stored)
+    assert list(handed) == [stored]
+    read = VolumeCache().load(stored)
+    assert read.normalized.dtype == handed[stored].normalized.dtype
+    assert np.array_equal(read.normalized, handed[stored].normalized)
+    assert np.allclose(np.asarray(read.affine), np.asarray(handed[stored].affine), atol=1e-4)
+    converter.hand_over(converted, stored)  # handed over once only
+    assert list(handed) == [stored]
+
+
+def test_constant_series_is_not_handed_over(tmp_path):
+    """A series the cache refuses (constant) is left to the file read, which answers the click with a 4xx."""
+    from lib.dicomweb import SeriesConverter
+    from lib.infers.limnet import prepare_volume
+
+    orthanc.write_series(np.full((16, 16, 6), 7.0, np.float32), np.eye(4), str(tmp_path / "flat"), "CT", "flat")
+    handed: dict = {}
+    converter = SeriesConverter(prepare=prepare_volume, on_prepared=handed.__setitem__)
+    converted = converter(str(tmp_path / "flat"))
+    converter.hand_over(converted, converted)
+    os.remove(converted)
+    assert handed == {}

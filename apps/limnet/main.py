@@ -23,7 +23,15 @@ from monailabel.utils.others.class_utils import get_class_names
 import lib.configs
 import lib.server_patches
 from lib.datastore import SafeLocalDatastore
-from lib.dicomweb import parse_modalities, serialize_downloads, use_fast_conversion, widen_image_list
+from lib.dicomweb import (
+    SeriesConverter,
+    match_only_watched_folders,
+    parse_modalities,
+    serialize_downloads,
+    use_fast_conversion,
+    widen_image_list,
+)
+from lib.infers.limnet import prepare_volume
 from lib.validation import check_name, inside, invalid
 
 logger = logging.getLogger(__name__)
@@ -90,8 +98,10 @@ class MyApp(MONAILabelApp):
             ds = super().init_datastore()
             if isinstance(ds, DICOMWebDatastore):  # CT-only image list by default: widen it (lib/dicomweb.py)
                 widen_image_list(ds, parse_modalities(self.conf.get("dicomweb_modalities")))
-                serialize_downloads(ds)
-                use_fast_conversion()
+                converter = SeriesConverter(prepare=prepare_volume, on_prepared=self._adopt_image)
+                serialize_downloads(ds, converter)
+                match_only_watched_folders(ds)
+                use_fast_conversion(converter)
             return ds
         return SafeLocalDatastore(
             self.studies,
@@ -99,6 +109,12 @@ class MyApp(MONAILabelApp):
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def _adopt_image(self, path: str, image) -> None:
+        """A downloaded series, prepared while it was converted (`SeriesConverter`): into the infer tasks' caches."""
+        for task in getattr(self, "_infers", {}).values():
+            if hasattr(task, "volumes"):
+                task.volumes.adopt(path, image)
 
     def init_infers(self) -> dict[str, InferTask]:
         return {n: c.infer() for n, c in self.models.items()}

@@ -104,6 +104,12 @@ def prepare_image(image: MetaTensor) -> CachedImage:
     return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite), image.affine)
 
 
+def prepare_volume(raw: MetaTensor) -> CachedImage:
+    """A volume as read (one value per voxel, 3D: `check_volume`) -> what the image cache holds."""
+    check_volume(raw)
+    return prepare_image(raw)
+
+
 class VolumeCache:
     """The last few prepared images by path, invalidated when the file changes: later rounds (and a click after
     the client fetched the image, see `prefetch`) skip reading and normalising."""
@@ -141,15 +147,26 @@ class VolumeCache:
                 raise _bad_request("could not read the image: the file is corrupt, truncated or not a NIfTI/NRRD "
                                    f"volume ({type(e).__name__})") from e
             check_image_complete(path, raw)
-            check_volume(raw)
-            image = prepare_image(raw)
+            image = prepare_volume(raw)
             del raw
+            self._keep(path, sig, image)
             with self._lock:
-                self._items[path] = (sig, image)
-                while len(self._items) > self.max_items:
-                    self._items.popitem(last=False)
                 self._loading.pop(path, None)
         return image
+
+    def _keep(self, path: str, sig: tuple, image: CachedImage) -> None:
+        with self._lock:
+            self._items[path] = (sig, image)
+            self._items.move_to_end(path)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+
+    def adopt(self, path: str, image: CachedImage) -> None:
+        """`image` is what `load(path)` would give (prepared while the file was written, see
+        `lib.dicomweb.SeriesConverter`): keep it for the file as it is now."""
+        st = os.stat(path)
+        self._keep(path, (st.st_mtime_ns, st.st_size), image)
+        logger.info("image cache: %s handed over", path)
 
     def prefetch(self, path: str) -> None:
         """Load `path` in the background (errors are left for the click that needs the image to report)."""
