@@ -223,3 +223,82 @@ def test_constant_series_is_not_handed_over(tmp_path):
     converter.hand_over(converted, converted)
     os.remove(converted)
     assert handed == {}
+
+
+def test_series_download_is_complete_or_absent(dicom_stack, tmp_path):
+    """A downloaded series appears in the datastore's folder only whole (every instance, readable), moved in from
+    beside it; a download that breaks off leaves neither a partial series folder (MONAI Label would take a
+    non-empty folder for the whole series) nor its working folder."""
+    import pydicom
+    from dicomweb_client import DICOMwebClient
+
+    from lib.dicomweb import download_series
+
+    uid = dicom_stack["series"]["ras"]
+    client = DICOMwebClient(url=f"{dicom_stack['orthanc']}/dicom-web")
+    watched = tmp_path / "store" / "hash"
+    watched.mkdir(parents=True)
+    download_series(None, uid, str(watched / uid), client)
+    files = sorted(os.listdir(watched / uid))
+    assert len(files) == 40 and all(f.endswith(".dcm") for f in files)
+    slices = [pydicom.dcmread(watched / uid / f) for f in files]
+    assert {str(s.SeriesInstanceUID) for s in slices} == {uid} and len({str(s.SOPInstanceUID) for s in slices}) == 40
+    assert sorted(os.listdir(tmp_path / "store")) == ["hash"], "the working folder was moved in, not left beside"
+
+    class BrokenOff(DICOMwebClient):  # the real server, a connection lost after a few instances
+        def iter_series(self, *args, **kwargs):
+            for k, instance in enumerate(super().iter_series(*args, **kwargs)):
+                if k == 3:
+                    raise ConnectionError("connection lost")
+                yield instance
+
+    other = dicom_stack["series"]["las"]
+    with pytest.raises(ConnectionError):
+        download_series(None, other, str(watched / other), BrokenOff(url=f"{dicom_stack['orthanc']}/dicom-web"))
+    assert not (watched / other).exists() and sorted(os.listdir(tmp_path / "store")) == ["hash"]
+    with pytest.raises(ValueError, match="not found"):
+        download_series(None, "1.2.3.4.5", str(watched / "1.2.3.4.5"), client)
+    assert sorted(os.listdir(watched)) == [uid]
+
+
+def test_datastore_watcher_sees_only_what_its_patterns_can_match(tmp_path):
+    """`match_only_watched_folders` drops, before pattern matching, the events of series folders (one per downloaded
+    instance) and lets through those of images, labels and the datastore's config, which the handler then matches
+    as before (real watchdog observer on a real folder)."""
+    from monailabel.datastore.local import LocalDatastore
+
+    from lib.dicomweb import match_only_watched_folders
+
+    ds = LocalDatastore(str(tmp_path / "store"), extensions=("*.nii.gz", "*.nii"), auto_reload=True)
+    try:
+        seen: list[str] = []
+        handler = ds._handler
+        dispatch = handler.dispatch
+
+        def recording(event):
+            seen.append(os.fsdecode(event.src_path))
+            dispatch(event)
+
+        handler.dispatch = recording
+        match_only_watched_folders(ds)
+        image_dir = ds._datastore.image_path()
+        os.makedirs(os.path.join(image_dir, "1.2.3"))
+        for k in range(20):
+            with open(os.path.join(image_dir, "1.2.3", f"{k}.dcm"), "wb") as f:
+                f.write(b"x" * 1000)
+        img, _ = cube_volume()
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(img, np.eye(4)), os.path.join(image_dir, "case.nii.gz"))
+        deadline = time.time() + 10
+        while not any(p.endswith("case.nii.gz") for p in seen) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert any(p.endswith("case.nii.gz") for p in seen), seen
+        assert not any(os.sep + "1.2.3" + os.sep in p for p in seen), seen  # the folder itself: one event
+        deadline = time.time() + 10
+        while "case" not in ds.list_images() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "case" in ds.list_images(), "the handler still reloads the datastore on an image event"
+    finally:
+        ds._observer.stop()
