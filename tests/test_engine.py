@@ -434,3 +434,32 @@ def test_an_added_part_keeps_only_what_looks_like_the_object() -> None:
     comp[15:25, 5:25] = True  # the module's answer to a click on the rim: spot and shadow
     kept = LimNetSegmenter._like_object(image, last, comp)
     assert kept[16:24, 16:24].all() and not kept[15:25, 5:13].any()  # edge pixels blend in the 3x3 mean
+
+
+def oblique_tube(depth: int = 40, shift: float = 1.6, radius: float = 4.0, seed: int = 3):
+    """A bright tube crossing the volume obliquely: its centre moves `shift` pixels per slice in-plane."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(np.arange(128), np.arange(128), np.arange(depth), indexing="ij")
+    cx, cy = 32 + shift * z, 40 + 0.5 * shift * z
+    label = (x - cx) ** 2 + (y - cy) ** 2 <= radius**2
+    image = 0.3 + 0.4 * label + rng.normal(0, 0.05, label.shape)
+    return image.astype(np.float32), label
+
+
+def test_propagation_follows_an_object_out_of_its_box(net) -> None:
+    """An oblique tube leaves the box sized around its clicked cross-section a few slices away; with `follow` the
+    round continues in boxes that move with it and finds the tube much further along, without adding anything
+    off it. Without, the sweeps end at the box's edge."""
+    image, label = oblique_tube()
+    k = 20
+    xs, ys = np.nonzero(label[:, :, k])
+    click = [(int(xs.mean()), int(ys.mean()), k)]
+    answers = {}
+    for follow in (0, 4):
+        seg = LimNetSegmenter(net, "cpu", use_fusion=False, follow=follow)
+        state = seg.new_state(image, normalized=True)
+        answers[follow] = seg.add_clicks(state, click, [])
+    reached = {f: np.nonzero(m.any((0, 1)))[0] for f, m in answers.items()}
+    assert reached[4].min() <= reached[0].min() - 5 and reached[4].max() >= reached[0].max() + 5, reached
+    assert dice(answers[4], label) > dice(answers[0], label) + 0.2, (dice(answers[4], label), dice(answers[0], label))
+    assert (answers[4] & ~label).sum() <= 0.2 * answers[4].sum(), "what it follows is the tube"
