@@ -51,8 +51,7 @@ class LimNetSegmenter:
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
-                 added_like: bool = False, first_min_box: int = 32, follow: int = 0,
-                 follow_later: bool = True) -> None:
+                 added_like: bool = False, follow: int = 4) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -98,13 +97,16 @@ class LimNetSegmenter:
         ends at the clicked tissue's own intensity and shows half of it saturated, see README); `added_like`: a
         positive click's added part keeps only pixels more like the slice's last mask than like the background
         around them (`_like_object`; off: validation, 216 cases, -0.005 [-0.010, -0.001] over clicks, drops -9
-        [-19, +0])."""
+        [-19, +0]); `follow`: a first round whose sweep ends on a mask cut by the box, or is stopped by its edges with
+        the object still there, continues in a box moved onto the object, up to this many times per direction
+        (`_follow`; 0: off; validation, 216 cases: +0.011 [+0.005, +0.017] over clicks, Dice after the first click
+        0.682 -> 0.710, `tube` 0.525 -> 0.658; drops +11 [+3, +20]; following in later rounds as well: +16 drops)."""
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
         self.first_guard, self.reduced_guard = first_guard, reduced_guard
         self.window_coverage, self.added_like = window_coverage, added_like
-        self.first_min_box, self.follow, self.follow_later = first_min_box, follow, follow_later
+        self.follow = follow
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -331,7 +333,7 @@ class LimNetSegmenter:
                 if extent is not None:
                     xs, ys = xs + list(extent[:2]), ys + list(extent[2:])
                     found = True
-        scale, min_size = (1.5, self.first_min_box) if found else (1.0, max(64, self.first_min_box))
+        scale, min_size = (1.5, 32) if found else (1.0, 64)
         return Box.around(min(xs), max(xs), min(ys), max(ys), scale, min_size).clamp_to((h, w))
 
     def _first_extent(self, image: np.ndarray, k: int, pos: list, neg: list,
@@ -470,8 +472,8 @@ class LimNetSegmenter:
             state.probs_features = state.features
             break
         state.uncertainty = self.mask_entropy(state.probs)
-        follows = self.follow and (self.follow_later or state.mask is None)
-        pieces = self._follow(state, box, probs, span) if follows else [(box, probs)]
+        first = state.mask is None  # only a first round follows the object out of its box (see `follow`)
+        pieces = self._follow(state, box, probs, span) if self.follow and first else [(box, probs)]
         mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
         threshold = self.propagation.threshold + self.change_margin * self._direction(state, foreground, background)
         for piece_box, piece in pieces:
