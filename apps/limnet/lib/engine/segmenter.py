@@ -97,10 +97,11 @@ class LimNetSegmenter:
         ends at the clicked tissue's own intensity and shows half of it saturated, see README); `added_like`: a
         positive click's added part keeps only pixels more like the slice's last mask than like the background
         around them (`_like_object`; off: validation, 216 cases, -0.005 [-0.010, -0.001] over clicks, drops -9
-        [-19, +0]); `follow`: a first round whose sweep ends on a mask cut by the box, or is stopped by its edges with
-        the object still there, continues in a box moved onto the object, up to this many times per direction
-        (`_follow`; 0: off; validation, 216 cases: +0.011 [+0.005, +0.017] over clicks, Dice after the first click
-        0.682 -> 0.710, `tube` 0.525 -> 0.658; drops +11 [+3, +20]; following in later rounds as well: +16 drops)."""
+        [-19, +0]); `follow`: a first round whose sweep ends on a mask cut by an edge of the box continues in a box
+        moved onto the object, up to this many times per direction (`_follow`; 0: off; validation, 216 cases: +0.009
+        [+0.004, +0.014] over clicks, Dice after the first click 0.682 -> 0.703, `tube` 0.525 -> 0.638; drops +6
+        [-1, +13]; also past sweeps stopped by the box's edges, `edge_stop`, or in later rounds too: more drops,
+        and on the held-out volumes it ran onto neighbours, see README)."""
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
@@ -621,13 +622,11 @@ class LimNetSegmenter:
                 span: tuple[int, int] | None) -> list[tuple[Box, dict[int, torch.Tensor]]]:
         """Where a sweep ended on a mask cut by an edge of the box (inside the image), continue it in a box of the
         same size (larger if the mask needs it) centred on that mask, from the last slice whose mask the box held
-        whole, up to `follow` times per direction; also where a sweep was stopped inside the span with the object
-        still there (`edge_stop`: the next slice's mask ran into the box's edges). An oblique tube or a curved sheet
-        leaves a box sized around its clicked cross-section a few slices away, or grows out of it (validation: 75%
-        of the voxels a first click missed on tubes lay outside its box); a larger first box finds more of them but
-        sees small objects coarser. Returns (box, working-grid probabilities) per piece: the round's own box first,
-        less the slices a continuation answers (`probs` itself is left as it is: it is the state's record of this
-        box), then each continuation."""
+        whole, up to `follow` times per direction. An oblique tube or a curved sheet leaves a box sized around its
+        clicked cross-section a few slices away (validation: 75% of the voxels a first click missed on tubes lay
+        outside its box); a larger first box finds more of them but sees small objects coarser. Returns (box,
+        working-grid probabilities) per piece: the round's own box first, less the slices a continuation answers
+        (`probs` itself is left as it is: it is the state's record of this box), then each continuation."""
         cfg, shape = self.propagation, state.image.shape
         lo, hi = span if span is not None else (0, shape[2] - 1)
         probs_out = dict(probs)
@@ -642,12 +641,9 @@ class LimNetSegmenter:
                 end = cur[held[-1]] > cfg.threshold
                 if float(end.float().mean()) > 0.5:
                     break  # the mask fills the box: a leak the sweep ran onto, not an object to follow
-                cut = inner_edges_touched(end, cur_box, shape[:2]) > 0
-                stopped = not any((k - held[-1]) * direction > 0 for k in cur)  # no empty slices after it: the
-                # sweep did not run out of object; inside the span it was stopped by the next slice's mask running
-                # into the box's edges (`edge_stop`): the object grows out of the box
-                if not (cut or stopped):
-                    break
+                if not inner_edges_touched(end, cur_box, shape[:2]):
+                    break  # the object ended inside the box (a sweep stopped by the box's edges, `edge_stop`, is
+                    # taken for a leak, as without following)
                 whole = [k for k in held if not inner_edges_touched(cur[k] > cfg.threshold, cur_box, shape[:2])]
                 start = whole[-1] if whole else held[-1]
                 full = paste_slices(cur[held[-1]][None], cur_box, shape[:2])[:, :, 0] > cfg.threshold
