@@ -57,7 +57,7 @@ VARIANTS = {
     "guarded+window-ext": dict(box_search="guarded", local_window=True, extend_slices=None),
     "guarded+window+hyst2": dict(box_search="guarded", local_window=True, change_margin=0.2),
     "guarded+window+hyst35": dict(box_search="guarded", local_window=True, change_margin=0.35),
-    "guarded+window-follow": dict(box_search="guarded", local_window=True, follow=0),
+    "guarded+window+follow": dict(box_search="guarded", local_window=True, follow=4),
     "guarded+window+foot1": dict(box_search="guarded", local_window=True, negative_footprint=1.0),
     "guarded+window+foot05": dict(box_search="guarded", local_window=True, negative_footprint=0.5),
     "guarded+window+foot0": dict(box_search="guarded", local_window=True, negative_footprint=0.0),

@@ -447,18 +447,18 @@ def oblique_tube(depth: int = 40, shift: float = 1.6, radius: float = 4.0, seed:
 
 
 def test_propagation_follows_an_object_out_of_its_box(net) -> None:
-    """An oblique tube leaves the box sized around its clicked cross-section a few slices away; with `follow` the
-    round continues in boxes that move with it and finds the tube much further along, without adding anything
+    """An oblique tube leaves the box sized around its clicked cross-section a few slices away; with `follow` (a
+    request's `follow_object`) the first round continues in boxes that move with it and finds the tube much further along, without adding anything
     off it. Without, the sweeps end at the box's edge."""
     image, label = oblique_tube()
     k = 20
     xs, ys = np.nonzero(label[:, :, k])
     click = [(int(xs.mean()), int(ys.mean()), k)]
     answers = {}
-    for follow in (0, 4):
-        seg = LimNetSegmenter(net, "cpu", use_fusion=False, follow=follow)
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)  # off by default (README: held-out first clicks)
+    for follow in (None, 4):  # None: the segmenter's default; 4: as a request asks for it
         state = seg.new_state(image, normalized=True)
-        answers[follow] = seg.add_clicks(state, click, [])
+        answers[follow or 0] = seg.add_clicks(state, click, [], follow=follow)
     reached = {f: np.nonzero(m.any((0, 1)))[0] for f, m in answers.items()}
     assert reached[4].min() <= reached[0].min() - 5 and reached[4].max() >= reached[0].max() + 5, reached
     assert dice(answers[4], label) > dice(answers[0], label) + 0.2, (dice(answers[4], label), dice(answers[0], label))

@@ -175,3 +175,19 @@ def test_label_saves_are_atomic_and_keep_earlier_versions(server, studies, tmp_p
                      files={"label": ("l.nii.gz", open(first, "rb"))})
     assert 400 <= r.status_code < 500, r.text[:300]
     assert not os.path.exists(os.path.join(os.path.dirname(studies["folder"]), "escape"))
+
+
+def test_follow_object_is_a_per_request_option(server, studies):
+    """Slicer shows an infer task's config as options and sends them back with the clicks: `follow_object` (off by
+    default) is listed, and a request that turns it on is answered like any other."""
+    model = requests.get(server["url"] + "/info/").json()["models"]["limnet"]
+    assert model["config"]["follow_object"] is False
+    client = MONAILabelClient(server["url"])
+    case = studies["blob"]
+    k = int(np.argmax(case.label.sum((0, 1))))
+    xs, ys = np.nonzero(case.label[:, :, k])
+    click = [int(xs[len(xs) // 2]), int(ys[len(ys) // 2]), k]
+    path, meta = client.infer("limnet", "blob", {"foreground": [click], "background": [], "client_id": "follow",
+                                                 "follow_object": True, "reset_state": True})
+    pred, _ = nrrd.read(path)
+    assert pred[tuple(click)] > 0 and dice(pred > 0, case.label.astype(bool)) > 0.5

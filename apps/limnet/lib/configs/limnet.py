@@ -28,6 +28,8 @@ class LimNetConfig(TaskConfig):
         self.path = [os.path.join(model_dir, f"pretrained_{name}.pt"), os.path.join(model_dir, f"{name}.pt")]
         # MRF is off by default for now: on the held-out scans its scorer lowers mean Dice (README, evaluation)
         self.use_fusion = conf.get("use_fusion", "false").lower() in ("1", "true", "yes")
+        # off by default: on held-out real scans it ran onto neighbours of first-clicked organs (README)
+        self.follow_object = conf.get("follow_object", "false").lower() in ("1", "true", "yes")
         self.max_interactions = int(conf.get("max_interactions", "8"))
         self.interaction_ttl = float(conf.get("interaction_ttl", "1800"))
         self._set_cpu_threads(conf.get("torch_threads"))
@@ -49,6 +51,7 @@ class LimNetConfig(TaskConfig):
             path=self.path,
             labels=self.labels,
             use_fusion=self.use_fusion,
+            follow_object=self.follow_object,
             max_interactions=self.max_interactions,
             ttl_seconds=self.interaction_ttl,
         )

@@ -51,7 +51,7 @@ class LimNetSegmenter:
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
-                 added_like: bool = False, follow: int = 4) -> None:
+                 added_like: bool = False, follow: int = 0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -98,10 +98,11 @@ class LimNetSegmenter:
         positive click's added part keeps only pixels more like the slice's last mask than like the background
         around them (`_like_object`; off: validation, 216 cases, -0.005 [-0.010, -0.001] over clicks, drops -9
         [-19, +0]); `follow`: a first round whose sweep ends on a mask cut by an edge of the box continues in a box
-        moved onto the object, up to this many times per direction (`_follow`; 0: off; validation, 216 cases: +0.009
-        [+0.004, +0.014] over clicks, Dice after the first click 0.682 -> 0.703, `tube` 0.525 -> 0.638; drops +6
-        [-1, +13]; also past sweeps stopped by the box's edges, `edge_stop`, or in later rounds too: more drops,
-        and on the held-out volumes it ran onto neighbours, see README)."""
+        moved onto the object, up to this many times per direction (`_follow`; 0: off, the default; validation,
+        216 cases, 4: +0.009 [+0.004, +0.014] over clicks, Dice after the first click 0.682 -> 0.703, `tube` 0.525
+        -> 0.638, drops +6 [-1, +13]; but on the held-out real volumes first clicks on a lung tumour and the
+        cerebellum ran onto their neighbours, mean Dice@1 0.531 -> 0.457, see README; per request
+        `"follow_object": true`, for vessels and other long, thin structures)."""
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
@@ -438,10 +439,10 @@ class LimNetSegmenter:
 
     # -- one round ---------------------------------------------------------------------------------------
     def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click],
-                   use_fusion: bool | None = None) -> np.ndarray:
+                   use_fusion: bool | None = None, follow: int | None = None) -> np.ndarray:
         """Run one round with all clicks so far; updates `state` and returns the fused bool mask (H x W x D).
 
-        `use_fusion` overrides the segmenter's default for this round (MRF on or off)."""
+        `use_fusion` overrides the segmenter's default for this round (MRF on or off), `follow` its `follow`."""
         by_slice: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
         for x, y, k in foreground:
             by_slice[int(k)][0].append((int(x), int(y)))
@@ -474,7 +475,8 @@ class LimNetSegmenter:
             break
         state.uncertainty = self.mask_entropy(state.probs)
         first = state.mask is None  # only a first round follows the object out of its box (see `follow`)
-        pieces = self._follow(state, box, probs, span) if self.follow and first else [(box, probs)]
+        follow = self.follow if follow is None else follow
+        pieces = self._follow(state, box, probs, span, follow) if follow and first else [(box, probs)]
         mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
         threshold = self.propagation.threshold + self.change_margin * self._direction(state, foreground, background)
         for piece_box, piece in pieces:
@@ -619,10 +621,10 @@ class LimNetSegmenter:
         return float(h[region].mean())
 
     def _follow(self, state: InteractionState, box: Box, probs: dict[int, torch.Tensor],
-                span: tuple[int, int] | None) -> list[tuple[Box, dict[int, torch.Tensor]]]:
+                span: tuple[int, int] | None, times: int) -> list[tuple[Box, dict[int, torch.Tensor]]]:
         """Where a sweep ended on a mask cut by an edge of the box (inside the image), continue it in a box of the
         same size (larger if the mask needs it) centred on that mask, from the last slice whose mask the box held
-        whole, up to `follow` times per direction. An oblique tube or a curved sheet leaves a box sized around its
+        whole, up to `times` times per direction. An oblique tube or a curved sheet leaves a box sized around its
         clicked cross-section a few slices away (validation: 75% of the voxels a first click missed on tubes lay
         outside its box); a larger first box finds more of them but sees small objects coarser. Returns (box,
         working-grid probabilities) per piece: the round's own box first, less the slices a continuation answers
@@ -633,7 +635,7 @@ class LimNetSegmenter:
         pieces: list[tuple[Box, dict[int, torch.Tensor]]] = [(box, probs_out)]
         for direction in (+1, -1):
             cur_box, cur = box, probs_out
-            for _ in range(self.follow):
+            for _ in range(times):
                 held = sorted((k for k in cur if float((cur[k] > cfg.threshold).sum()) >= cfg.stop_area),
                               reverse=direction < 0)
                 if not held or not lo <= held[-1] + direction <= hi:

@@ -182,12 +182,15 @@ class VolumeCache:
         threading.Thread(target=run, name="limnet-prefetch", daemon=True).start()
 
 
+FOLLOW_TIMES = 4  # continuations per direction when a request asks to follow the object (validation's setting)
+
+
 class LimNetInfer(BasicInferTask):
     """Interactive 3D segmentation with LIM-Net (deepgrow-type: foreground/background clicks)."""
 
     def __init__(self, path: str | Sequence[str], labels: Sequence[str], description: str = "",
                  use_fusion: bool = False, max_interactions: int = 8, ttl_seconds: float = 1800.0,
-                 config: dict | None = None, **kwargs) -> None:
+                 config: dict | None = None, follow_object: bool = False, **kwargs) -> None:
         super().__init__(
             path=path,
             network=None,
@@ -196,10 +199,10 @@ class LimNetInfer(BasicInferTask):
             dimension=3,
             description=description or "LIM-Net: clicks on a slice, propagated through the volume (MRF rounds)",
             config={"result_extension": ".nrrd", "result_dtype": "uint8", "use_fusion": use_fusion,
-                    **(config or {})},
+                    "follow_object": follow_object, **(config or {})},
             **kwargs,
         )
-        self.use_fusion = use_fusion
+        self.use_fusion, self.follow_object = use_fusion, follow_object
         self.store = InteractionStore(max_interactions, ttl_seconds)
         self.volumes = VolumeCache()
         self._segmenters: dict[str, tuple[int, LimNetSegmenter]] = {}
@@ -273,8 +276,10 @@ class LimNetInfer(BasicInferTask):
         if state is None or not state.extends(fg, bg):
             state = segmenter.new_state(image.normalized, normalized=True)
         use_fusion = str(data.get("use_fusion", self.use_fusion)).lower() in ("1", "true", "yes")
+        # a first click's propagation follows a long, thin object out of its box (`LimNetSegmenter._follow`)
+        follow = str(data.get("follow_object", self.follow_object)).lower() in ("1", "true", "yes")
         with self._lock:  # one round at a time per task: rounds share the network's buffers
-            mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion)
+            mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion, follow=FOLLOW_TIMES if follow else 0)
         self.store.put(key, state)
         data["pred"] = MetaTensor(torch.from_numpy(mask.view(np.uint8)), affine=image.affine)
         data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": state.mask_voxels()}
