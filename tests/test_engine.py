@@ -448,8 +448,8 @@ def oblique_tube(depth: int = 40, shift: float = 1.6, radius: float = 4.0, seed:
 
 def test_propagation_follows_an_object_out_of_its_box(net) -> None:
     """An oblique tube leaves the box sized around its clicked cross-section a few slices away; with `follow` (a
-    request's `follow_object`) the first round continues in boxes that move with it and finds the tube much further along, without adding anything
-    off it. Without, the sweeps end at the box's edge."""
+    request's `follow_object`) the first round continues in boxes that move with it and finds the tube much further
+    along, without adding anything off it. Without, the sweeps end at the box's edge."""
     image, label = oblique_tube()
     k = 20
     xs, ys = np.nonzero(label[:, :, k])
