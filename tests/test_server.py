@@ -53,12 +53,16 @@ def test_robot_rounds_on_real_unseen_volume(server, studies):
     assert scores[-1] >= 0.5, scores
 
 
-def test_nifti_result_keeps_image_geometry(server, studies):
-    client = MONAILabelClient(server["url"])
-    case = studies["blob"]
+def _click_inside(case) -> tuple:
+    """The case and a voxel of its label on the slice where the label is largest."""
     k = int(np.argmax(case.label.sum((0, 1))))
     xs, ys = np.nonzero(case.label[:, :, k])
-    click = [int(xs[len(xs) // 2]), int(ys[len(ys) // 2]), k]
+    return case, [int(xs[len(xs) // 2]), int(ys[len(ys) // 2]), k]
+
+
+def test_nifti_result_keeps_image_geometry(server, studies):
+    client = MONAILabelClient(server["url"])
+    case, click = _click_inside(studies["blob"])
     path, meta = client.infer("limnet", "blob", {"foreground": [click], "background": [], "client_id": "geom",
                                                  "result_extension": ".nii.gz", "reset_state": True})
     out = nib.load(path)
@@ -67,7 +71,7 @@ def test_nifti_result_keeps_image_geometry(server, studies):
     np.testing.assert_allclose(out.affine, src.affine, atol=1e-4)
     pred = np.asarray(out.dataobj) > 0
     assert pred[tuple(click)], "a positive click is honoured on its own slice"
-    assert pred[:, :, k].any()
+    assert pred[:, :, click[2]].any()
 
 
 def test_rounds_on_generated_volume_improve(server, studies):
@@ -183,10 +187,7 @@ def test_follow_object_is_a_per_request_option(server, studies):
     model = requests.get(server["url"] + "/info/").json()["models"]["limnet"]
     assert model["config"]["follow_object"] is False
     client = MONAILabelClient(server["url"])
-    case = studies["blob"]
-    k = int(np.argmax(case.label.sum((0, 1))))
-    xs, ys = np.nonzero(case.label[:, :, k])
-    click = [int(xs[len(xs) // 2]), int(ys[len(ys) // 2]), k]
+    case, click = _click_inside(studies["blob"])
     path, meta = client.infer("limnet", "blob", {"foreground": [click], "background": [], "client_id": "follow",
                                                  "follow_object": True, "reset_state": True})
     pred, _ = nrrd.read(path)
