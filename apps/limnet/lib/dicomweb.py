@@ -227,7 +227,11 @@ def download_series(study_id: str | None, series_id: str, save_dir: str, client,
         if os.path.isdir(save_dir) and not os.listdir(save_dir):
             os.rmdir(save_dir)
         os.chmod(partial, 0o755)  # mkdtemp's 0700, as a plain makedirs would have made it
-        os.rename(partial, save_dir)
+        try:
+            os.rename(partial, save_dir)
+        except OSError:
+            if not (os.path.isdir(save_dir) and os.listdir(save_dir)):
+                raise  # otherwise another process moved the same series in first: keep its copy
     finally:
         if os.path.isdir(partial):
             shutil.rmtree(partial, ignore_errors=True)

@@ -476,7 +476,8 @@ class LimNetSegmenter:
         state.uncertainty = self.mask_entropy(state.probs)
         first = state.mask is None  # only a first round follows the object out of its box (see `follow`)
         follow = self.follow if follow is None else follow
-        pieces = self._follow(state, box, probs, span, follow) if follow and first else [(box, probs)]
+        pieces = (self._follow(state, box, probs, span, follow, sorted(by_slice)) if follow and first
+                  else [(box, probs)])
         mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
         threshold = self.propagation.threshold + self.change_margin * self._direction(state, foreground, background)
         for piece_box, piece in pieces:
@@ -621,14 +622,16 @@ class LimNetSegmenter:
         return float(h[region].mean())
 
     def _follow(self, state: InteractionState, box: Box, probs: dict[int, torch.Tensor],
-                span: tuple[int, int] | None, times: int) -> list[tuple[Box, dict[int, torch.Tensor]]]:
+                span: tuple[int, int] | None, times: int, clicked: list[int]
+                ) -> list[tuple[Box, dict[int, torch.Tensor]]]:
         """Where a sweep ended on a mask cut by an edge of the box (inside the image), continue it in a box of the
         same size (larger if the mask needs it) centred on that mask, from the last slice whose mask the box held
         whole, up to `times` times per direction. An oblique tube or a curved sheet leaves a box sized around its
         clicked cross-section a few slices away (validation: 75% of the voxels a first click missed on tubes lay
         outside its box); a larger first box finds more of them but sees small objects coarser. Returns (box,
         working-grid probabilities) per piece: the round's own box first, less the slices a continuation answers
-        (`probs` itself is left as it is: it is the state's record of this box), then each continuation."""
+        (`probs` itself is left as it is: it is the state's record of this box), then each continuation. A
+        continuation starts at the furthest `clicked` slice in its direction or beyond: it never replaces a prompt."""
         cfg, shape = self.propagation, state.image.shape
         lo, hi = span if span is not None else (0, shape[2] - 1)
         probs_out = dict(probs)
@@ -646,8 +649,12 @@ class LimNetSegmenter:
                 if not inner_edges_touched(end, cur_box, shape[:2]):
                     break  # the object ended inside the box (a sweep stopped by the box's edges, `edge_stop`, is
                     # taken for a leak, as without following)
-                whole = [k for k in held if not inner_edges_touched(cur[k] > cfg.threshold, cur_box, shape[:2])]
+                edge = (max(clicked) if direction > 0 else min(clicked)) if cur is probs_out else None
+                whole = [k for k in held if (edge is None or (k - edge) * direction >= 0)
+                         and not inner_edges_touched(cur[k] > cfg.threshold, cur_box, shape[:2])]
                 start = whole[-1] if whole else held[-1]
+                if edge is not None and (start - edge) * direction < 0:
+                    break
                 full = paste_slices(cur[held[-1]][None], cur_box, shape[:2])[:, :, 0] > cfg.threshold
                 if not full.any():
                     break
