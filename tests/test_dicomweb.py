@@ -302,3 +302,20 @@ def test_datastore_watcher_sees_only_what_its_patterns_can_match(tmp_path):
         assert "case" in ds.list_images(), "the handler still reloads the datastore on an image event"
     finally:
         ds._observer.stop()
+
+
+def test_working_folders_of_killed_downloads_are_removed_when_stale(tmp_path):
+    """A download killed outright leaves its working folder beside the datastore; the server removes those that
+    have not changed for an hour when it starts, and leaves a fresh one (another server's download) alone."""
+    from lib.dicomweb import PARTIAL_PREFIX, remove_stale_downloads
+
+    old, fresh, other = (tmp_path / f"{PARTIAL_PREFIX}1.2.3-a", tmp_path / f"{PARTIAL_PREFIX}1.2.4-b",
+                         tmp_path / "8e2aac048fbb844e")
+    for folder in (old, fresh, other):
+        folder.mkdir()
+        (folder / "x.dcm").write_bytes(b"x")
+    hours_ago = time.time() - 7200
+    for path in (old, other):
+        os.utime(path, (hours_ago, hours_ago))
+    assert remove_stale_downloads(str(tmp_path)) == [str(old)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name])

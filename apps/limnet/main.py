@@ -101,7 +101,7 @@ class MyApp(MONAILabelApp):
                 converter = SeriesConverter(prepare=prepare_volume, on_prepared=self._adopt_image)
                 serialize_downloads(ds, converter)
                 match_only_watched_folders(ds)
-                use_fast_conversion(converter)
+                use_fast_conversion(converter, ds)
             return ds
         return SafeLocalDatastore(
             self.studies,

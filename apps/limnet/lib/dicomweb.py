@@ -196,7 +196,11 @@ def _monailabel_dicom_to_nifti(series_dir: str, is_seg: bool = False) -> str:
     return dicom_to_nifti(series_dir, is_seg)
 
 
-def download_series(study_id: str | None, series_id: str, save_dir: str, client, frame_fetch: bool = False) -> None:
+PARTIAL_PREFIX = ".partial-"  # the working folders of downloads (`download_series`)
+
+
+def download_series(study_id: str | None, series_id: str, save_dir: str, client, frame_fetch: bool = False,
+                    work_dir: str | None = None) -> None:
     """MONAI Label's `dicom_web_download_series`, changed in two ways:
     - the instances are saved as they arrive (`iter_series`, a streamed response) instead of after the whole
       series has been read into memory (`retrieve_series`): the download and the saving overlap (a 512x512x300 CT
@@ -205,13 +209,15 @@ def download_series(study_id: str | None, series_id: str, save_dir: str, client,
       watches its folder recursively (`match_only_watched_folders`), and a download that fails or is killed leaves
       no partial series folder, which MONAI Label (it downloads only into a missing or empty folder) would have
       taken for the whole series.
-    `frame_fetch` (`MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME`) keeps MONAI Label's frame-by-frame download, moved the same way."""
+    `frame_fetch` (`MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME`) keeps MONAI Label's frame-by-frame download, moved the same way.
+    `work_dir`: where the working folder goes, on the datastore's file system and outside its watched folder (default:
+    two levels above `save_dir`, outside for an image's series folder)."""
     from monailabel.datastore.utils.dicom import dicom_web_download_series
 
     start = time.perf_counter()
     save_dir = os.path.realpath(save_dir)
-    outside = os.path.dirname(os.path.dirname(save_dir))  # the parent of the watched datastore folder
-    partial = tempfile.mkdtemp(prefix=f".partial-{os.path.basename(save_dir)[:64]}-", dir=outside)
+    outside = work_dir or os.path.dirname(os.path.dirname(save_dir))
+    partial = tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{os.path.basename(save_dir)[:64]}-", dir=outside)
     try:
         if frame_fetch:
             dicom_web_download_series(study_id, series_id, partial, client, frame_fetch)
@@ -266,10 +272,29 @@ def match_only_watched_folders(datastore: DICOMWebDatastore) -> DICOMWebDatastor
     return datastore
 
 
-def use_fast_conversion(converter: SeriesConverter | None = None) -> None:
+def remove_stale_downloads(work_dir: str, older_than: float = 3600.0) -> list[str]:
+    """Remove the working folders of downloads that were killed (a clean failure removes its own) and have not
+    changed for `older_than` seconds; returns what was removed."""
+    removed = []
+    now = time.time()
+    for name in os.listdir(work_dir) if os.path.isdir(work_dir) else []:
+        path = os.path.join(work_dir, name)
+        if name.startswith(PARTIAL_PREFIX) and os.path.isdir(path) and now - os.stat(path).st_mtime > older_than:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        logger.info("removed %d stale partial downloads from %s", len(removed), work_dir)
+    return removed
+
+
+def use_fast_conversion(converter: SeriesConverter | None = None, datastore: DICOMWebDatastore | None = None) -> None:
     """Make MONAI Label's DICOMweb datastore convert downloaded series with `converter` (default: `convert_series`)
-    and download them with `download_series`."""
+    and download them with `download_series`, working beside `datastore`'s folder (the parent of its cache folder;
+    stale working folders of killed downloads there are removed first)."""
     import monailabel.datastore.dicom as dicom
 
     dicom.dicom_to_nifti = converter or convert_series
-    dicom.dicom_web_download_series = download_series
+    work_dir = os.path.dirname(os.path.realpath(datastore._datastore_path)) if datastore is not None else None
+    if work_dir:
+        remove_stale_downloads(work_dir)
+    dicom.dicom_web_download_series = functools.partial(download_series, work_dir=work_dir)
