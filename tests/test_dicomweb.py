@@ -209,6 +209,11 @@ def test_converted_series_is_handed_to_the_image_cache_as_read(tmp_path, modalit
     assert np.allclose(np.asarray(read.affine), np.asarray(handed[stored].affine), atol=1e-4)
     converter.hand_over(converted, stored)  # handed over once only
     assert list(handed) == [stored]
+    again = converter(str(tmp_path / "series"))  # a fetch that failed after converting: nothing stays pending
+    converter.discard()
+    converter.hand_over(again, str(tmp_path / "other.nii.gz"))
+    os.remove(again)
+    assert list(handed) == [stored] and converter._pending == {}
 
 
 def test_constant_series_is_not_handed_over(tmp_path):

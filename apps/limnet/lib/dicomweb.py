@@ -79,7 +79,7 @@ class SeriesConverter:
     def __init__(self, prepare: Callable[[MetaTensor], Any] | None = None,
                  on_prepared: Callable[[str, Any], None] | None = None) -> None:
         self.prepare, self.on_prepared = prepare, on_prepared
-        self._pending: dict[str, Future] = {}
+        self._pending: dict[int, tuple[str, Future]] = {}  # by thread: the datastore converts in the fetching one
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="limnet-series-prepare") if prepare else None
 
@@ -110,7 +110,7 @@ class SeriesConverter:
                 shutil.copyfileobj(src, dst, 4 << 20)
         if prepared is not None:
             with self._lock:
-                self._pending[out] = prepared
+                self._pending[threading.get_ident()] = (out, prepared)
         logger.info("converted %s (%s) to %s", series_dir, "x".join(map(str, image.GetSize())), out)
         return out
 
@@ -120,22 +120,26 @@ class SeriesConverter:
         return self._pool.submit(lambda: self.prepare(sitk_volume(image)))
 
     def hand_over(self, converted: str, stored: str) -> None:
-        """`converted` (this converter's temporary file) is in the datastore as `stored`: give its prepared image to
-        `on_prepared`. A volume the cache would refuse (constant, too large) is not handed over; reading the file
-        reports it as before."""
+        """`converted` (this converter's temporary file, converted in this thread) is in the datastore as `stored`:
+        give its prepared image to `on_prepared`. A volume the cache would refuse (constant, too large) is not handed
+        over; reading the file reports it as before."""
         with self._lock:
-            prepared = self._pending.pop(converted, None)
-            stale = [p for p in self._pending if not os.path.exists(p)]  # converted, then never stored
-            for p in stale:
-                self._pending.pop(p)
-        if prepared is None or self.on_prepared is None:
+            pending = self._pending.pop(threading.get_ident(), None)
+        if pending is None or pending[0] != converted or self.on_prepared is None:
             return
+        prepared = pending[1]
         try:
             image = prepared.result()
         except Exception as e:
             logger.info("%s not handed over to the image cache: %s", stored, e)
             return
         self.on_prepared(stored, image)
+
+    def discard(self) -> None:
+        """Forget what this thread converted and did not hand over (the fetch failed or answered otherwise): a
+        prepared CT volume holds ~150 MB."""
+        with self._lock:
+            self._pending.pop(threading.get_ident(), None)
 
 
 def sitk_volume(image) -> MetaTensor:
@@ -171,15 +175,19 @@ def serialize_downloads(datastore: DICOMWebDatastore, converter: SeriesConverter
         with guard:
             lock = locks.setdefault(image_id, threading.Lock())
         with lock:
-            path = fetch(image_id)
-            stored = os.path.realpath(os.path.join(datastore._datastore.image_path(), f"{image_id}.nii.gz"))
-            if path and os.path.realpath(path) != stored and os.path.isfile(stored) and os.path.isfile(path):
-                if os.path.dirname(os.path.realpath(path)) == os.path.realpath(tempfile.gettempdir()):
-                    os.remove(path)  # the converter's temporary file, already copied into the datastore
+            try:
+                path = fetch(image_id)
+                stored = os.path.realpath(os.path.join(datastore._datastore.image_path(), f"{image_id}.nii.gz"))
+                if path and os.path.realpath(path) != stored and os.path.isfile(stored) and os.path.isfile(path):
+                    if os.path.dirname(os.path.realpath(path)) == os.path.realpath(tempfile.gettempdir()):
+                        os.remove(path)  # the converter's temporary file, already copied into the datastore
+                    if converter is not None:
+                        converter.hand_over(path, stored)
+                    return stored
+                return path
+            finally:
                 if converter is not None:
-                    converter.hand_over(path, stored)
-                return stored
-            return path
+                    converter.discard()  # nothing of this fetch stays pending
 
     datastore.get_image_uri = get_image_uri
     return datastore
