@@ -11,7 +11,7 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage
 from scipy.spatial.transform import Rotation
 
-from lib.engine.geometry import normalize_intensity
+from lib.engine.geometry import ScaledVolume, normalize_intensity
 from lib.infers.limnet import VolumeCache, prepare_image
 from lib.infers.nifti_reader import read_nifti
 
@@ -78,10 +78,38 @@ def test_unsure_files_are_left_to_itk(tmp_path) -> None:
 
 
 def test_cache_keeps_fortran_order(tmp_path) -> None:
-    """A NIfTI's slices are contiguous on disk; the cached float16 image keeps them so (slice reads, slab writes)."""
+    """A NIfTI's slices are contiguous on disk; the cached image keeps them so (slice reads, slab writes): a 16-bit
+    CT as read, scaled where the engine reads it; a float volume scaled to float16 up front."""
     image = VolumeCache().load(_save(tmp_path / "plain.nii.gz", DATA, FLIPPED))
+    assert isinstance(image.normalized, ScaledVolume) and image.normalized.raw.flags.f_contiguous
+    assert image.normalized.dtype == np.float16 and image.normalized.shape == DATA.shape
+    image = VolumeCache().load(_save(tmp_path / "float.nii.gz", DATA.astype(np.float32), FLIPPED))
     assert image.normalized.flags.f_contiguous and image.normalized.dtype == np.float16
     assert image.normalized.shape == DATA.shape
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int8, np.uint16])
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_scaled_volume_reads_what_the_eager_scaling_gives(dtype, order) -> None:
+    """Every way the engine reads a volume (crops, clicked slices, scattered slice indices, one voxel, the whole)
+    gives bit for bit what scaling it up front gives; a float or 32-bit volume is still scaled up front."""
+    info = np.iinfo(dtype)
+    v = np.asarray(RNG.integers(info.min, info.max, (40, 36, 12), endpoint=True).astype(dtype), order=order)
+    v[3:9, 4:7, 2] = info.max  # outliers the percentiles clip
+    eager = normalize_intensity(v, dtype=np.float16)
+    lazy = normalize_intensity(v, dtype=np.float16, lazy=True)
+    assert isinstance(lazy, ScaledVolume) and lazy.shape == v.shape and lazy.dtype == np.float16 and lazy.ndim == 3
+    for key in [np.s_[:, :, 5], np.s_[2:30, -4:40, 3:7], np.s_[5:25, 6:20, np.array([0, 4, 4, 11])],
+                np.s_[7, 8, 9], np.s_[...], np.s_[::3, ::2, :]]:
+        got = lazy[key]
+        assert got.dtype == np.float16
+        np.testing.assert_array_equal(got, eager[key])
+    whole = np.asarray(lazy)
+    np.testing.assert_array_equal(whole, eager)
+    assert whole.flags.f_contiguous == (order == "F")
+    assert not isinstance(normalize_intensity(v.astype(np.float32), dtype=np.float16, lazy=True), ScaledVolume)
+    assert not isinstance(normalize_intensity(v.astype(np.int32), dtype=np.float16, lazy=True), ScaledVolume)
+    assert not isinstance(normalize_intensity(v, dtype=np.float32, lazy=True), ScaledVolume)
 
 
 @pytest.mark.parametrize("spoil", ["none", "nan", "inf", "-inf"])

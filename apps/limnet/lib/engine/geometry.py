@@ -11,29 +11,68 @@ from scipy.ndimage import gaussian_filter, label
 
 
 def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.99,
-                        dtype: type = np.float32, known_finite: bool = False) -> np.ndarray:
+                        dtype: type = np.float32, known_finite: bool = False,
+                        lazy: bool = False) -> np.ndarray | ScaledVolume:
     """Modality-agnostic: clip to the volume's percentiles and scale to [0, 1] (design note). The percentiles only
     drop stray outliers: the network sees each box through its own window (`box_window`), so a bright lesion must
     not be clipped flat here. Works slab by slab (no whole-volume temporaries); `dtype` float16 halves what a
     cached CT volume holds. A Fortran-ordered input (NIfTI, ITK) keeps its layout: slab writes and the engine's
     slice reads stay contiguous (0.33 s instead of 1.1 s for 512x512x300 on this project's machine).
-    `known_finite`: the caller has checked that every value is finite (a pass over the volume saved)."""
+    `known_finite`: the caller has checked that every value is finite (a pass over the volume saved).
+    `lazy`: an 8- or 16-bit integer volume (CT, most MR) comes back as a `ScaledVolume` that scales what is read
+    of it, with the same values (float16 `dtype` only)."""
     v = np.asarray(volume)
     if not known_finite and v.dtype.kind == "f" and not np.isfinite(v).all():
         finite = np.isfinite(v)
         v = np.where(finite, v, np.nanmin(np.where(finite, v, np.inf)) if finite.any() else 0.0)
     sample = v[:: max(1, v.shape[0] // 64), :: max(1, v.shape[1] // 64), :] if v.ndim == 3 else v
     lo, hi = np.percentile(sample.astype(np.float32), [low, high])
-    out = np.zeros(v.shape, dtype, order="F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C")
+    order = "F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C"
     if hi - lo < 1e-6:
-        return out
+        return np.zeros(v.shape, dtype, order=order)
     scale = np.float32(1.0 / (hi - lo))
+    if lazy and np.dtype(dtype) == np.float16 and v.dtype.kind in "iu" and v.dtype.itemsize <= 2 and v.ndim == 3:
+        return ScaledVolume(v, np.float32(lo), scale)
+    out = np.zeros(v.shape, dtype, order=order)
     step = max(1, (1 << 22) // max(1, v[..., :1].size)) if v.ndim == 3 else v.shape[-1]
     for z in range(0, v.shape[-1], step):
-        slab = v[..., z : z + step].astype(np.float32) - np.float32(lo)
-        slab *= scale
-        out[..., z : z + step] = np.clip(slab, 0.0, 1.0, out=slab)
+        out[..., z : z + step] = _scaled(v[..., z : z + step], np.float32(lo), scale)
     return out
+
+
+def _scaled(values: np.ndarray, lo: np.float32, scale: np.float32) -> np.ndarray:
+    """(values - lo) * scale clipped to [0, 1], in float32: one slab of `normalize_intensity`."""
+    s = np.array(values, dtype=np.float32)  # a copy, in the input's layout; 0-d for one voxel
+    s -= lo
+    s *= scale
+    return np.clip(s, 0.0, 1.0, out=s)
+
+
+class ScaledVolume:
+    """A 3D integer volume read as `normalize_intensity` scales it (float16, the same values bit for bit), scaled
+    where it is read. The engine reads crops around the object, so a cold first click on a CT no longer waits for
+    the whole volume to be scaled (0.3-0.6 s for 512x512x300 on this project's machine); 16-bit data take the
+    memory float16 would, 8-bit data half. Supports what the engine does with a volume: `shape`, `ndim`, `dtype`
+    and indexing; `np.asarray` scales it whole."""
+
+    def __init__(self, raw: np.ndarray, lo: np.float32, scale: np.float32) -> None:
+        self.raw, self.lo, self.scale = raw, lo, scale
+        self.shape, self.ndim, self.dtype = raw.shape, raw.ndim, np.dtype(np.float16)
+
+    @property
+    def nbytes(self) -> int:
+        return self.raw.nbytes
+
+    def __getitem__(self, key) -> np.ndarray:
+        return _scaled(self.raw[key], self.lo, self.scale).astype(np.float16)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        order = "F" if self.raw.flags.f_contiguous and not self.raw.flags.c_contiguous else "C"
+        out = np.zeros(self.shape, np.float16, order=order)
+        step = max(1, (1 << 22) // max(1, self.raw[..., :1].size))
+        for z in range(0, self.shape[-1], step):
+            out[..., z : z + step] = _scaled(self.raw[..., z : z + step], self.lo, self.scale)
+        return out if dtype is None else out.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -124,7 +163,7 @@ def box_window(volume: np.ndarray, box: Box, slices, low: float = 0.5, high: flo
     window; what lies outside is shown clipped, black or white."""
     h, w, _ = volume.shape
     sx0, sx1, sy0, sy1 = max(box.x0, 0), min(box.x1, h), max(box.y0, 0), min(box.y1, w)
-    region = volume[sx0:sx1, sy0:sy1][:, :, np.unique(np.asarray(slices).ravel())]
+    region = volume[sx0:sx1, sy0:sy1, np.unique(np.asarray(slices).ravel())]
     step = max(1, int(np.sqrt(region.shape[0] * region.shape[1] / 65536)))  # <= ~64k pixels a slice
     values = region[::step, ::step].astype(np.float32).ravel()
     lo, hi = np.percentile(values, [low, high])

@@ -23,7 +23,7 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.engine.geometry import normalize_intensity
+from lib.engine.geometry import ScaledVolume, normalize_intensity
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
@@ -71,7 +71,7 @@ def parse_clicks(value: Any, name: str, shape: Sequence[int]) -> list[tuple[int,
 class CachedImage:
     """An image as the network reads it: normalised float16 (half of float32, shared by every interaction on it)."""
 
-    normalized: np.ndarray  # H x W x D in [0, 1]
+    normalized: np.ndarray | ScaledVolume  # H x W x D in [0, 1]; 8- and 16-bit images scaled where read
     affine: torch.Tensor
 
     @property
@@ -101,7 +101,8 @@ def prepare_image(image: MetaTensor) -> CachedImage:
         lo, hi = volume[finite].min(), volume[finite].max()
     if lo == hi:
         raise _bad_request("the image is constant: there is nothing to segment")
-    return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite), image.affine)
+    return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite, lazy=True),
+                       image.affine)
 
 
 def prepare_volume(raw: MetaTensor) -> CachedImage:
