@@ -51,7 +51,7 @@ class LimNetSegmenter:
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
-                 added_like: bool = False, follow: int = 0) -> None:
+                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -102,13 +102,18 @@ class LimNetSegmenter:
         216 cases, 4: +0.009 [+0.004, +0.014] over clicks, Dice after the first click 0.682 -> 0.703, `tube` 0.525
         -> 0.638, drops +6 [-1, +13]; but on the held-out real volumes first clicks on a lung tumour and the
         cerebellum ran onto their neighbours, mean Dice@1 0.531 -> 0.457, see README; per request
-        `"follow_object": true`, for vessels and other long, thin structures)."""
+        `"follow_object": true`, for vessels and other long, thin structures); `bridge_gaps`: in a round of negative
+        clicks alone, an unclicked slice the memory left empty between two that hold object gets the last round's
+        mask there within its neighbours' (`_bridge`): else the gap cut every slice beyond it off from the positive
+        clicks and a click on a CT organ's rim removed the organ (validation, 216 cases: that case 0.017 -> 0.295 at
+        the click, 0.87 -> 0.96 two clicks later; no other case changed)."""
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
         self.first_guard, self.reduced_guard = first_guard, reduced_guard
         self.window_coverage, self.added_like = window_coverage, added_like
         self.follow = follow
+        self.bridge_gaps = bridge_gaps
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -497,6 +502,8 @@ class LimNetSegmenter:
         judged = region_union(enclosing_region(box, ks + border, list(foreground), shape), followed)
         if border:
             mask[judged[0], judged[1], border] = state.mask[judged[0], judged[1], border]
+        if self.bridge_gaps and self._direction(state, foreground, background) < 0:
+            self._bridge(state, mask, judged, set(by_slice))
         mask = self._keep_clicked_components(mask, foreground, judged, border)
         for x, y, k in foreground:
             mask[x, y, k] = True
@@ -542,6 +549,19 @@ class LimNetSegmenter:
             return 0
         n_pos, n_neg = len(foreground) - len(state.foreground), len(background) - len(state.background)
         return 1 if n_pos and not n_neg else -1 if n_neg and not n_pos else 0
+
+    @staticmethod
+    def _bridge(state: InteractionState, mask: np.ndarray, region: Region, clicked: set[int]) -> None:
+        """Refill single unclicked slices a round of negative clicks emptied between two that hold object: the last
+        round's mask there, within its neighbours' masks. The memory sometimes loses an object for one slice next to
+        an edited one, and the gap would cut the rest off from the positive clicks (see `bridge_gaps`)."""
+        xs, ys, zs = region
+        for k in range(max(zs.start, 1), min(zs.stop, mask.shape[2] - 1)):
+            if k in clicked or mask[xs, ys, k].any() or not state.mask[xs, ys, k].any():
+                continue
+            below, above = mask[xs, ys, k - 1], mask[xs, ys, k + 1]
+            if below.any() and above.any():
+                mask[xs, ys, k] = state.mask[xs, ys, k] & (below | above)
 
     def _limit_removal(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click]) -> None:
         """A round of negative clicks removes on other slices only inside the in-plane footprint of what it removed on
