@@ -6,6 +6,9 @@ the image as Slicer does (`GET /datastore/image`, which also starts the server's
 with the robot: its first click (image prepared, new interaction) and later clicks. Dice of the last click against
 the phantom's truth is printed too, so that speed is never bought with a wrong mask.
 
+The phantoms are stored as CT is: int16 Hounsfield units in a `.nii.gz` (scanners' DICOM and every converter give
+int16); the last row stores one as float32 instead (twice the bytes to inflate, scaled up front when read).
+
     .venv/bin/python scripts/benchmark_speed.py            # 512x512x300, objects of several extents
     .venv/bin/python scripts/benchmark_speed.py --quick    # smaller, for a smoke run
 """
@@ -111,14 +114,17 @@ def main() -> None:
     args = p.parse_args()
     big = (256, 256, 100) if args.quick else (512, 512, 300)
     # object extent grows at a fixed CT size; then one object in volumes of growing size
-    volumes = [(f"r{r}", big, r) for r in ([10, 30] if args.quick else [10, 30, 60, 120])]
-    volumes += [(f"r20_{'x'.join(map(str, s))}", s, 20) for s in [(128, 128, 60), (256, 256, 150), big]]
+    volumes = [(f"r{r}", big, r, np.int16) for r in ([10, 30] if args.quick else [10, 30, 60, 120])]
+    volumes += [(f"r20_{'x'.join(map(str, s))}", s, 20, np.int16) for s in [(128, 128, 60), (256, 256, 150), big]]
+    volumes.append((f"r20_{'x'.join(map(str, big))}_float32", big, 20, np.float32))
     work = tempfile.mkdtemp(prefix="limnet-bench-")
     studies = os.path.join(work, "studies")
     os.makedirs(studies)
     truth = {}
-    for name, shape, r in volumes:
+    for name, shape, r, dtype in volumes:
         img, gt = phantom(shape, r)
+        if dtype != np.float32:
+            img = np.round(img).astype(dtype)  # HU, as CT is stored
         nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.5, 1])), os.path.join(studies, f"{name}.nii.gz"))
         truth[name] = (img, gt)
     app = os.path.join(work, "limnet")
