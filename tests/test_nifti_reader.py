@@ -121,3 +121,14 @@ def test_prepared_image_is_the_normalised_volume_with_or_without_non_finite_valu
     prepared = prepare_image(MetaTensor(torch.from_numpy(v), affine=torch.eye(4))).normalized
     assert np.isfinite(prepared).all()
     np.testing.assert_array_equal(prepared, normalize_intensity(v, dtype=np.float16))
+
+
+def test_an_uncompressed_nifti_is_read_into_memory(tmp_path) -> None:
+    """The cache may keep a 16-bit image's voxels as read (`ScaledVolume`): not a map of a file that can change."""
+    path = _save(tmp_path / "plain.nii", DATA, FLIPPED)
+    image = VolumeCache().load(path)
+    before = np.asarray(image.normalized).copy()
+    with open(path, "r+b") as f:  # the file is rewritten in place under the cached image
+        f.seek(-DATA.nbytes, 2)
+        f.write(np.zeros(DATA.shape, DATA.dtype).tobytes())
+    np.testing.assert_array_equal(np.asarray(image.normalized), before)

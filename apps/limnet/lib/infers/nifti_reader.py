@@ -63,7 +63,9 @@ def read_nifti(path: str) -> MetaTensor | None:
                 img = type(header_img).from_stream(f)
                 data = _voxels(img)
         else:
-            data = _voxels(header_img)  # unscaled: a memory map, read slab by slab when normalised
+            data = _voxels(header_img)
+            if isinstance(data, np.memmap):  # read now: the cache may keep the voxels as they are (`ScaledVolume`),
+                data = np.array(data, order="K")  # and a mapped file can change or vanish under it
     except Exception as e:  # truncated or odd file: ITK reads it or reports it, as before
         logger.info("fast NIfTI read of %s skipped: %s", path, e)
         return None
