@@ -69,7 +69,8 @@ def parse_clicks(value: Any, name: str, shape: Sequence[int]) -> list[tuple[int,
 
 @dataclass
 class CachedImage:
-    """An image as the network reads it: normalised float16 (half of float32, shared by every interaction on it)."""
+    """An image as the network reads it: normalised float16 (half of float32, shared by every interaction on it), or
+    for 8- and 16-bit images the voxels as read, scaled to the same values where the engine reads them."""
 
     normalized: np.ndarray | ScaledVolume  # H x W x D in [0, 1]; 8- and 16-bit images scaled where read
     affine: torch.Tensor
