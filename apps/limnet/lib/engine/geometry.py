@@ -27,16 +27,20 @@ def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.
         v = np.where(finite, v, np.nanmin(np.where(finite, v, np.inf)) if finite.any() else 0.0)
     sample = v[:: max(1, v.shape[0] // 64), :: max(1, v.shape[1] // 64), :] if v.ndim == 3 else v
     lo, hi = np.percentile(sample.astype(np.float32), [low, high])
-    order = "F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C"
     if hi - lo < 1e-6:
-        return np.zeros(v.shape, dtype, order=order)
+        return np.zeros(v.shape, dtype, order="F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C")
     scale = np.float32(1.0 / (hi - lo))
     if lazy and np.dtype(dtype) == np.float16 and v.dtype.kind in "iu" and v.dtype.itemsize <= 2 and v.ndim == 3:
         return ScaledVolume(v, np.float32(lo), scale)
-    out = np.zeros(v.shape, dtype, order=order)
+    return _scaled_whole(v, np.float32(lo), scale, dtype)
+
+
+def _scaled_whole(v: np.ndarray, lo: np.float32, scale: np.float32, dtype: type) -> np.ndarray:
+    """`_scaled` over a whole volume, slab by slab (no whole-volume float32 temporary), in the volume's layout."""
+    out = np.zeros(v.shape, dtype, order="F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C")
     step = max(1, (1 << 22) // max(1, v[..., :1].size)) if v.ndim == 3 else v.shape[-1]
     for z in range(0, v.shape[-1], step):
-        out[..., z : z + step] = _scaled(v[..., z : z + step], np.float32(lo), scale)
+        out[..., z : z + step] = _scaled(v[..., z : z + step], lo, scale)
     return out
 
 
@@ -67,11 +71,7 @@ class ScaledVolume:
         return _scaled(self.raw[key], self.lo, self.scale).astype(np.float16)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        order = "F" if self.raw.flags.f_contiguous and not self.raw.flags.c_contiguous else "C"
-        out = np.zeros(self.shape, np.float16, order=order)
-        step = max(1, (1 << 22) // max(1, self.raw[..., :1].size))
-        for z in range(0, self.shape[-1], step):
-            out[..., z : z + step] = _scaled(self.raw[..., z : z + step], self.lo, self.scale)
+        out = _scaled_whole(self.raw, self.lo, self.scale, np.float16)
         return out if dtype is None else out.astype(dtype)
 
 
