@@ -71,8 +71,6 @@ VARIANTS = {
                                         window_coverage=0.9),
     "guarded+window+rguard4+cov8": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                         window_coverage=0.8),
-    "guarded+window+jump3": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(jump=3.0)),
-    "guarded+window+jump5": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(jump=5.0)),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),

@@ -56,9 +56,6 @@ class PropagationConfig:
     same_iou: float = 0.97  # a slice "matches" the last round at this IoU of the masks
     edge_stop: int = 2  # a propagated slice whose mask runs into this many edges of the box (inside the image) ends
     # the sweep: the box holds the object with a margin, so filling it means the memory ran onto a neighbour
-    jump: float | None = None  # a propagated slice whose mask is this many times the last slice's mask (taken as at
-    # least `jump_floor` of the working grid) ends the sweep: the memory ran onto a neighbour (None: off)
-    jump_floor: float = 0.02
     parallel: bool = True  # on the CPU, run the two sweeps in two threads: they are independent, and one sweep's
     # small convolutions do not keep two cores busy (first click on a 95-slice object: 2.5 s -> 1.5 s, README);
     # the segmenter owns the one worker thread (a thread per round grew the server's memory: malloc arenas)
@@ -139,9 +136,6 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         area = float((prob > cfg.threshold).sum())
         if cfg.edge_stop and inner_edges_touched(prob[0, 0] > cfg.threshold, features.box,
                                                  features.volume.shape[:2]) >= cfg.edge_stop:
-            del out[k]
-            break
-        if cfg.jump and area > cfg.jump * max(float(previous.sum()), cfg.jump_floor * previous.numel()):
             del out[k]
             break
         if area < cfg.stop_area:
