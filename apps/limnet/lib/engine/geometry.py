@@ -28,16 +28,21 @@ def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.
     sample = v[:: max(1, v.shape[0] // 64), :: max(1, v.shape[1] // 64), :] if v.ndim == 3 else v
     lo, hi = np.percentile(sample.astype(np.float32), [low, high])
     if hi - lo < 1e-6:
-        return np.zeros(v.shape, dtype, order="F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C")
+        return np.zeros(v.shape, dtype, order=_layout(v))
     scale = np.float32(1.0 / (hi - lo))
     if lazy and np.dtype(dtype) == np.float16 and v.dtype.kind in "iu" and v.dtype.itemsize <= 2 and v.ndim == 3:
         return ScaledVolume(v, np.float32(lo), scale)
     return _scaled_whole(v, np.float32(lo), scale, dtype)
 
 
+def _layout(v: np.ndarray) -> str:
+    """The memory order a copy of `v` keeps: Fortran for a NIfTI's or ITK's volume, C otherwise."""
+    return "F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C"
+
+
 def _scaled_whole(v: np.ndarray, lo: np.float32, scale: np.float32, dtype: type) -> np.ndarray:
     """`_scaled` over a whole volume, slab by slab (no whole-volume float32 temporary), in the volume's layout."""
-    out = np.zeros(v.shape, dtype, order="F" if v.flags.f_contiguous and not v.flags.c_contiguous else "C")
+    out = np.zeros(v.shape, dtype, order=_layout(v))
     step = max(1, (1 << 22) // max(1, v[..., :1].size)) if v.ndim == 3 else v.shape[-1]
     for z in range(0, v.shape[-1], step):
         out[..., z : z + step] = _scaled(v[..., z : z + step], lo, scale)

@@ -484,7 +484,8 @@ class LimNetSegmenter:
         pieces = (self._follow(state, box, probs, span, follow, sorted(by_slice)) if follow and first
                   else [(box, probs)])
         mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
-        threshold = self.propagation.threshold + self.change_margin * self._direction(state, foreground, background)
+        direction = self._direction(state, foreground, background)  # +1: positive clicks alone, -1: negative alone
+        threshold = self.propagation.threshold + self.change_margin * direction
         for piece_box, piece in pieces:
             pks = sorted(piece)
             for i in range(0, len(pks), 32):
@@ -502,7 +503,7 @@ class LimNetSegmenter:
         judged = region_union(enclosing_region(box, ks + border, list(foreground), shape), followed)
         if border:
             mask[judged[0], judged[1], border] = state.mask[judged[0], judged[1], border]
-        if self.bridge_gaps and self._direction(state, foreground, background) < 0:
+        if self.bridge_gaps and direction < 0:
             self._bridge(state, mask, judged, set(by_slice))
         mask = self._keep_clicked_components(mask, foreground, judged, border)
         for x, y, k in foreground:
