@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import anchor_probs, capsule_volume
+from scipy import ndimage as ndi
 
 from lib.data.robot import dice, next_click
-from lib.engine.geometry import Box, crop_slices
+from lib.engine.geometry import Box, bounding_box, crop_slices
 from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
 from lib.engine.round_fusion import RoundFusion
 from lib.engine.segmenter import LimNetSegmenter
@@ -501,3 +502,14 @@ def test_a_negative_click_on_a_ct_organ_does_not_remove_it(net) -> None:
         result[bridge] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 3, case.spacing)
     assert len(result[True].background) == 1 and result[True].dice[1] > 0.9
     assert result[False].dice[2] < 0.1 < 0.25 < result[True].dice[2]
+
+
+def test_bounding_box_is_find_objects_of_one_label() -> None:
+    """The projection-based block the round reads equals scipy's `find_objects`, in either memory order."""
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        shape = tuple(int(n) for n in rng.integers(1, 40, 3))
+        mask = rng.random(shape) < rng.choice([0.0, 0.001, 0.05, 0.5])
+        for m in (mask, np.asfortranarray(mask)):
+            expected = ndi.find_objects(m.view(np.uint8))
+            assert bounding_box(m) == (expected[0] if expected else None), (trial, shape)

@@ -147,6 +147,17 @@ def region_union(a: Region | None, b: Region | None) -> Region | None:
     return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))  # type: ignore[return-value]
 
 
+def bounding_box(mask: np.ndarray) -> Region | None:
+    """The smallest block holding every voxel of an H x W x N bool mask (None if it has none): `find_objects` of one
+    label, from axis projections, about 10x faster on an organ-sized block (it updates three bounds per voxel)."""
+    zs = np.flatnonzero(mask.any(axis=(0, 1)))
+    if not len(zs):
+        return None
+    plane = mask[:, :, zs[0] : zs[-1] + 1].any(axis=2)
+    xs, ys = np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0))
+    return slice(int(xs[0]), int(xs[-1]) + 1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(zs[0]), int(zs[-1]) + 1)
+
+
 def extent_xy(mask: np.ndarray) -> tuple[int, int, int, int]:
     """(xmin, xmax, ymin, ymax) of a non-empty H x W x N mask, from axis projections (no list of every voxel)."""
     xs, ys = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0]

@@ -17,6 +17,7 @@ from .geometry import (
     Box,
     Region,
     Window,
+    bounding_box,
     box_window,
     click_maps,
     clicked_components,
@@ -583,10 +584,10 @@ class LimNetSegmenter:
     def _limit_extension(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click]) -> None:
         """Clear what a round of positive clicks put more than `extend_slices` past an end of the last mask that none
         of its clicks is near (see `extend_slices`). Changes `mask` in place, inside `region`."""
-        found = ndi.find_objects(state.mask[state.region].view(np.uint8))
-        if not found or found[0] is None:
+        found = bounding_box(state.mask[state.region])
+        if found is None:
             return
-        z0, z1 = found[0][2].start + state.region[2].start, found[0][2].stop - 1 + state.region[2].start
+        z0, z1 = found[2].start + state.region[2].start, found[2].stop - 1 + state.region[2].start
         ks, m = [int(c[2]) for c in new], self.extend_slices
         if min(ks) > z0 + m:  # no click near the first slice: nothing may come in below it
             mask[region[0], region[1], region[2].start : max(region[2].start, z0 - m)] = False
@@ -718,10 +719,10 @@ class LimNetSegmenter:
         Only `region` (where the round pasted its mask) is read: cost follows the object, not the volume."""
         if not foreground:
             return mask
-        found = ndi.find_objects(mask[region].view(np.uint8))
-        if not found or found[0] is None:
+        found = bounding_box(mask[region])
+        if found is None:
             return mask
-        box = tuple(slice(s.start + r.start, s.stop + r.start) for s, r in zip(found[0], region))
+        box = tuple(slice(s.start + r.start, s.stop + r.start) for s, r in zip(found, region))
         lab, n = ndi.label(mask[box])
         if n <= 1:
             return mask
