@@ -10,7 +10,7 @@ from conftest import anchor_probs, capsule_volume
 from scipy import ndimage as ndi
 
 from lib.data.robot import dice, next_click
-from lib.engine.geometry import Box, bounding_box, crop_slices
+from lib.engine.geometry import Box, bounding_box, crop_slices, label_3d
 from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
 from lib.engine.round_fusion import RoundFusion
 from lib.engine.segmenter import LimNetSegmenter
@@ -513,3 +513,18 @@ def test_bounding_box_is_find_objects_of_one_label() -> None:
         for m in (mask, np.asfortranarray(mask)):
             expected = ndi.find_objects(m.view(np.uint8))
             assert bounding_box(m) == (expected[0] if expected else None), (trial, shape)
+
+
+def test_label_3d_gives_scipys_components() -> None:
+    """The fast 3D labelling splits a mask into the very components `scipy.ndimage.label` finds (6-connected)."""
+    rng = np.random.default_rng(5)
+    for trial in range(12):
+        shape = tuple(int(n) for n in rng.integers(2, 30, 3))
+        mask = ndi.gaussian_filter(rng.random(shape), 1.0) > rng.uniform(0.45, 0.55)
+        for m in (mask, np.asfortranarray(mask)):
+            ours, n = label_3d(m)
+            ref, n_ref = ndi.label(m)
+            assert n == n_ref, trial
+            pairs = np.unique(np.stack([ours[m], ref[m]]), axis=1)  # each of ours is exactly one of scipy's
+            assert pairs.shape[1] == n and len(set(pairs[0])) == n and len(set(pairs[1])) == n, trial
+            assert not ours[~m].any()

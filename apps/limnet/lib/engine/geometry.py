@@ -9,6 +9,11 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter, label
 
+try:  # connected-components-3d: 3D labelling ~10x faster than scipy's (a round labels the whole object once)
+    import cc3d
+except ImportError:  # pragma: no cover - it is in requirements.txt
+    cc3d = None
+
 
 def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.99,
                         dtype: type = np.float32, known_finite: bool = False,
@@ -145,6 +150,15 @@ def region_union(a: Region | None, b: Region | None) -> Region | None:
     if a is None or b is None:
         return a if b is None else b
     return tuple(slice(min(p.start, q.start), max(p.stop, q.stop)) for p, q in zip(a, b))  # type: ignore[return-value]
+
+
+def label_3d(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """6-connected components of a 3D bool mask, as `scipy.ndimage.label` with its default structure gives them
+    (the same partition; the numbering may differ), and their count."""
+    if cc3d is not None:
+        lab, n = cc3d.connected_components(np.asarray(mask, bool), connectivity=6, return_N=True)
+        return lab, int(n)
+    return label(mask)
 
 
 def bounding_box(mask: np.ndarray) -> Region | None:
