@@ -40,8 +40,6 @@ VARIANTS = {
     "guarded+window-split": dict(box_search="guarded", local_window=True, split_leaks=False),
     "guarded+window-local": dict(box_search="guarded", local_window=True, local_rounds=False),
     "guarded+window+mrf": dict(box_search="guarded", local_window=True, use_fusion=True),
-    "guarded+window+mrf7": dict(box_search="guarded", local_window=True, use_fusion=True, fusion_threshold=0.7),
-    "guarded+window+mrf9": dict(box_search="guarded", local_window=True, use_fusion=True, fusion_threshold=0.9),
     "guarded+window-geo": dict(box_search="guarded", local_window=True, negative_geodesic=0.0),
     "guarded+window-adds": dict(box_search="guarded", local_window=True, positive_adds=False),
     "guarded+window-clicked": dict(box_search="guarded", local_window=True, clicked_only=False),

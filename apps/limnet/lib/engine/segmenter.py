@@ -53,8 +53,7 @@ class LimNetSegmenter:
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
-                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True,
-                 fusion_threshold: float = 0.5) -> None:
+                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -128,7 +127,7 @@ class LimNetSegmenter:
         self.use_fusion = use_fusion
         self.propagation = propagation or PropagationConfig()
         self.size = size
-        self.fusion = RoundFusion(self.net.scorer, self.device, fusion_threshold)
+        self.fusion = RoundFusion(self.net.scorer, self.device)
         # CUDA: one stream runs the kernels in order anyway, and autocast is thread-local
         self._sweeper = (ThreadPoolExecutor(1, thread_name_prefix="limnet-sweep")
                          if self.propagation.parallel and self.device.type == "cpu" else None)
