@@ -307,29 +307,39 @@ def inner_edges_touched(mask: torch.Tensor, box: Box, shape: tuple[int, int]) ->
     return sum(1 for t, i in zip(touched, inside) if bool(t) and i)
 
 
+def geodesically_nearer(frame: np.ndarray, starts: list[tuple[int, int]], others: list[tuple[int, int]],
+                        weight: float) -> np.ndarray:
+    """Pixels of a 2D frame geodesically nearer one of `starts` than every one of `others` (bool). Paths cost 1 per
+    pixel plus `weight` times the smoothed intensity gradient: a region of like intensity belongs to the seed in it."""
+    from skimage.graph import MCP_Geometric
+
+    gx, gy = np.gradient(gaussian_filter(frame.astype(np.float32), 1.0))
+    cost = 1.0 + weight * np.hypot(gx, gy)
+    return MCP_Geometric(cost).find_costs(starts)[0] < MCP_Geometric(cost).find_costs(others)[0]
+
+
 def negative_claim(frame: np.ndarray, mask: np.ndarray, pos: list, neg: list, weight: float) -> np.ndarray:
     """The parts of a slice's 2D `mask` its negative clicks take back (bool, the frame's shape): pixels
     geodesically nearer a negative click than every positive one, in the connected parts holding a negative click.
 
-    Paths cost 1 per pixel plus `weight` times the smoothed intensity gradient, so a region of like intensity
-    belongs to the click inside it: a negative click on the organ around a clicked lesion claims the organ, one
-    on a leak claims the leak, and the object the positive clicks sit in stays theirs. Only the parts holding a
+    Paths cost as in `geodesically_nearer`, so a region of like intensity belongs to the click inside it: a
+    negative click on the organ around a clicked lesion claims the organ, one on a leak claims the leak, and the
+    object the positive clicks sit in stays theirs. Only the parts holding a
     click go: a click beside a thin rim takes the rim, not every weak edge of the object.
     """
-    from skimage.graph import MCP_Geometric
+    from scipy.ndimage import binary_fill_holes
 
-    f = frame.astype(np.float32)
-    gx, gy = np.gradient(gaussian_filter(f, 1.0))
-    cost = 1.0 + weight * np.hypot(gx, gy)
-    h, w = f.shape
+    h, w = frame.shape
 
     def pixels(points: list) -> list[tuple[int, int]]:
         return [(min(max(int(round(x)), 0), h - 1), min(max(int(round(y)), 0), w - 1)) for x, y in points]
 
-    nearer = MCP_Geometric(cost).find_costs(pixels(neg))[0] < MCP_Geometric(cost).find_costs(pixels(pos))[0]
-    parts, _ = label(nearer & mask)
+    nearer = geodesically_nearer(frame, pixels(neg), pixels(pos), weight)
+    # the answer's holes count as the part around them: the module often answers a negative click inside an object
+    # with a small hole at the click, and the part holding the click would otherwise be that empty hole
+    parts, _ = label(nearer & binary_fill_holes(mask))
     ids = {parts[p] for p in pixels(neg)} - {0}
-    return np.isin(parts, list(ids)) if ids else np.zeros_like(mask, dtype=bool)
+    return np.isin(parts, list(ids)) & mask if ids else np.zeros_like(mask, dtype=bool)
 
 
 def clicked_components(prob: torch.Tensor, points: list[tuple[float, float]], threshold: float = 0.5,
