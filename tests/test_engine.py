@@ -215,6 +215,25 @@ def test_negative_claim_follows_intensity_edges():
     assert not negative_claim(frame, apart, [(48, 60)], [(48, 20)], weight=100.0)[apart & (xx > 44)].any()
 
 
+def test_negative_claim_takes_the_part_around_a_hole_at_the_click():
+    """The interaction module often answers a negative click inside what it segments with a small hole at the
+    click: the claim is then the part around that hole (a look-alike lobe), not nothing."""
+    from lib.engine.geometry import negative_claim
+
+    rng = np.random.default_rng(1)
+    frame = np.full((96, 96), 0.2, np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    target = (xx - 55) ** 2 + (yy - 55) ** 2 <= 20**2
+    lobe = ((xx - 25) ** 2 + (yy - 28) ** 2 <= 14**2) & ~target
+    frame[target | lobe] = 0.6
+    frame[ndi.binary_dilation(target, iterations=1) & lobe] = 0.45  # a faint seam between the look-alikes
+    frame += rng.normal(0, 0.02, frame.shape).astype(np.float32)
+    hole = (xx - 24) ** 2 + (yy - 26) ** 2 <= 3**2
+    answer = (target | lobe) & ~hole
+    claim = negative_claim(frame, answer, [(55, 55)], [(26, 24)], weight=100.0)
+    assert claim[lobe & ~hole].mean() > 0.9 and not claim[target].any() and not claim[hole].any()
+
+
 def test_a_clicked_slice_prompt_keeps_only_what_the_clicks_point_at() -> None:
     """The interaction module answers a click on grey matter with patches of grey matter all over its box; the
     prompt keeps the component the click falls on, one that encloses the click (a ring around a dark centre) and,
