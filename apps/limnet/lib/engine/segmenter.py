@@ -55,7 +55,7 @@ class LimNetSegmenter:
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
                  added_like: bool = False, follow: int = 0, bridge_gaps: bool = True,
-                 carry_removal: int = 0) -> None:
+                 carry_removal: int = 0, carry_reach: int = 3) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -118,6 +118,7 @@ class LimNetSegmenter:
         self.window_coverage, self.added_like = window_coverage, added_like
         self.follow = follow
         self.bridge_gaps, self.carry_removal = bridge_gaps, carry_removal
+        self.carry_depth, self.carry_reach = 3.0, carry_reach
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -597,9 +598,11 @@ class LimNetSegmenter:
                 continue
             lab, _ = ndi.label(removed)
             gone, kept = working(lab == lab[x, y]), working(mask[:, :, k])
+            if self.carry_removal >= 3 and ndi.distance_transform_edt(np.pad(gone, 1)).max() < self.carry_depth:
+                continue  # a trimmed rim, not a structure taken away: nothing to follow
             for step in (+1, -1):
                 j, went, stayed = k + step, gone, kept
-                while 0 <= j < depth and (j not in clicked or self.carry_removal > 1):
+                while 0 <= j < depth and (j not in clicked or self.carry_removal == 2):
                     cur = working(mask[:, :, j])
                     seeds_gone, seeds_kept = cur & went & ~stayed, cur & stayed & ~went
                     if not seeds_gone.any() or not seeds_kept.any():
@@ -612,6 +615,10 @@ class LimNetSegmenter:
                     parts, _ = ndi.label(nearer & cur)
                     ids = np.unique(parts[seeds_gone])
                     claim = np.isin(parts, ids[ids > 0])
+                    if self.carry_removal >= 3:  # a structure moves little from slice to slice
+                        claim &= ndi.binary_dilation(went, iterations=self.carry_reach)
+                    if self.carry_removal == 4 and claim.sum() > 0.5 * cur.sum():
+                        break  # most of the slice: the object itself, not a neighbour beside it
                     if not claim.any():
                         break
                     full = paste_slices(torch.from_numpy(claim.astype(np.float32))[None], box, (h, w))[:, :, 0] > 0.5
