@@ -72,11 +72,6 @@ VARIANTS = {
     "guarded+window+rguard4+cov8": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                         window_coverage=0.8),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
-    "guarded+window+carry": dict(box_search="guarded", local_window=True, carry_removal=1),
-    "guarded+window+carry2": dict(box_search="guarded", local_window=True, carry_removal=2),
-    "guarded+window+carry3": dict(box_search="guarded", local_window=True, carry_removal=3),
-    "guarded+window+carry4": dict(box_search="guarded", local_window=True, carry_removal=4),
-    "guarded+window+carry5": dict(box_search="guarded", local_window=True, carry_removal=3, carry_reach=1),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }

@@ -24,7 +24,6 @@ from .geometry import (
     crop_slices,
     enclosing_region,
     extent_xy,
-    geodesically_nearer,
     inner_edges_touched,
     label_3d,
     negative_claim,
@@ -54,8 +53,7 @@ class LimNetSegmenter:
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
-                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True,
-                 carry_removal: int = 0, carry_reach: int = 3) -> None:
+                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -117,8 +115,7 @@ class LimNetSegmenter:
         self.first_guard, self.reduced_guard = first_guard, reduced_guard
         self.window_coverage, self.added_like = window_coverage, added_like
         self.follow = follow
-        self.bridge_gaps, self.carry_removal = bridge_gaps, carry_removal
-        self.carry_depth, self.carry_reach = 3.0, carry_reach
+        self.bridge_gaps = bridge_gaps
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -521,8 +518,6 @@ class LimNetSegmenter:
             inside = [k for k in settled if region[2].start <= k < region[2].stop]
             mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         region = self._one_way(state, mask, region, foreground, background)
-        if self.carry_removal and direction < 0:
-            self._carry_removal(state, mask, box, background[len(state.background):], set(by_slice), foreground)
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             region = region_union(region, state.region)
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
@@ -570,63 +565,6 @@ class LimNetSegmenter:
             below, above = mask[xs, ys, k - 1], mask[xs, ys, k + 1]
             if below.any() and above.any():
                 mask[xs, ys, k] = state.mask[xs, ys, k] & (below | above)
-
-    def _carry_removal(self, state: InteractionState, mask: np.ndarray, box: Box, new: list[Click], clicked: set[int],
-                       foreground: list[Click]) -> None:
-        """Carry what a negative click removed on its slice to the slices beyond it: on each next slice, the part of
-        the mask geodesically nearer (`geodesically_nearer`, working grid of the round's box) to what went on the slice
-        before than to what stayed there goes too, until nothing does or a clicked slice is reached. A negative click
-        on a look-alike neighbour the first answer took in says "not this structure", not "not this slice"; the memory,
-        still holding the first prompt, brings the neighbour back a few slices on (validation, `lookalike`).
-        Changes `mask` in place."""
-        h, w, depth = mask.shape
-        size = self.size
-        positive_at = defaultdict(list)
-        for x, y, k in foreground:
-            positive_at[int(k)].append(box.to_working(x, y, size))
-
-        def working(m: np.ndarray) -> np.ndarray:
-            return (crop_slices(m[:, :, None].astype(np.float32), box, np.array([[0]]), size)[0, 0] > 0.5).numpy()
-
-        def frame(k: int) -> np.ndarray:
-            return state.features.get(k)[0][0, 1].float().cpu().numpy()
-
-        for x, y, k in new:
-            k = int(k)
-            removed = state.mask[:, :, k] & ~mask[:, :, k]
-            if not removed[x, y]:
-                continue
-            lab, _ = ndi.label(removed)
-            gone, kept = working(lab == lab[x, y]), working(mask[:, :, k])
-            if self.carry_removal >= 3 and ndi.distance_transform_edt(np.pad(gone, 1)).max() < self.carry_depth:
-                continue  # a trimmed rim, not a structure taken away: nothing to follow
-            for step in (+1, -1):
-                j, went, stayed = k + step, gone, kept
-                while 0 <= j < depth and (j not in clicked or self.carry_removal == 2):
-                    cur = working(mask[:, :, j])
-                    seeds_gone, seeds_kept = cur & went & ~stayed, cur & stayed & ~went
-                    if not seeds_gone.any() or not seeds_kept.any():
-                        break
-                    starts = [tuple(p) for p in np.argwhere(seeds_gone)]
-                    others = [tuple(p) for p in np.argwhere(seeds_kept)] + [
-                        (min(max(int(round(a)), 0), size - 1), min(max(int(round(b)), 0), size - 1))
-                        for a, b in positive_at.get(j, [])]
-                    nearer = geodesically_nearer(frame(j), starts, others, self.negative_geodesic or 100.0)
-                    parts, _ = ndi.label(nearer & cur)
-                    ids = np.unique(parts[seeds_gone])
-                    claim = np.isin(parts, ids[ids > 0])
-                    if self.carry_removal >= 3:  # a structure moves little from slice to slice
-                        claim &= ndi.binary_dilation(went, iterations=self.carry_reach)
-                    if self.carry_removal == 4 and claim.sum() > 0.5 * cur.sum():
-                        break  # most of the slice: the object itself, not a neighbour beside it
-                    if not claim.any():
-                        break
-                    full = paste_slices(torch.from_numpy(claim.astype(np.float32))[None], box, (h, w))[:, :, 0] > 0.5
-                    mask[:, :, j] &= ~full
-                    went, stayed = claim, cur & ~claim
-                    j += step
-        for x, y, k in foreground:
-            mask[x, y, k] = True
 
     def _limit_removal(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click]) -> None:
         """A round of negative clicks removes on other slices only inside the in-plane footprint of what it removed on
