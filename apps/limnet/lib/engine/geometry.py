@@ -173,9 +173,9 @@ def bounding_box(mask: np.ndarray) -> Region | None:
 
 
 def extent_xy(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(xmin, xmax, ymin, ymax) of a non-empty H x W x N mask, from axis projections (no list of every voxel)."""
-    xs, ys = np.nonzero(mask.any(axis=(1, 2)))[0], np.nonzero(mask.any(axis=(0, 2)))[0]
-    return int(xs[0]), int(xs[-1]), int(ys[0]), int(ys[-1])
+    """(xmin, xmax, ymin, ymax) of a non-empty H x W x N mask (`bounding_box` in-plane)."""
+    xs, ys, _ = bounding_box(mask)
+    return xs.start, xs.stop - 1, ys.start, ys.stop - 1
 
 
 Window = tuple[float, float]
@@ -324,8 +324,8 @@ def negative_claim(frame: np.ndarray, mask: np.ndarray, pos: list, neg: list, we
 
     Paths cost as in `geodesically_nearer`, so a region of like intensity belongs to the click inside it: a
     negative click on the organ around a clicked lesion claims the organ, one on a leak claims the leak, and the
-    object the positive clicks sit in stays theirs. Only the parts holding a
-    click go: a click beside a thin rim takes the rim, not every weak edge of the object.
+    object the positive clicks sit in stays theirs. Only the parts holding a click go: a click beside a thin rim
+    takes the rim, not every weak edge of the object.
     """
     from scipy.ndimage import binary_fill_holes
 
