@@ -72,8 +72,6 @@ VARIANTS = {
     "guarded+window+rguard4+cov8": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                         window_coverage=0.8),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
-    "guarded+window+rg4all": dict(box_search="guarded", local_window=True, reduced_scale=0.0),
-    "guarded+window+rg1all": dict(box_search="guarded", local_window=True, reduced_scale=0.0, reduced_guard=0.1),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
 }

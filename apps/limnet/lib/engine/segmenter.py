@@ -53,8 +53,7 @@ class LimNetSegmenter:
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
-                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True,
-                 reduced_scale: float = 2.0) -> None:
+                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -116,7 +115,7 @@ class LimNetSegmenter:
         self.first_guard, self.reduced_guard = first_guard, reduced_guard
         self.window_coverage, self.added_like = window_coverage, added_like
         self.follow = follow
-        self.bridge_gaps, self.reduced_scale = bridge_gaps, reduced_scale
+        self.bridge_gaps = bridge_gaps
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
         self.box_search, self.local_window, self.split_leaks = box_search, local_window, split_leaks
@@ -365,8 +364,7 @@ class LimNetSegmenter:
         if extent is None or span > implausible * max(h, w):
             found, trusted = self._object_extent(image, k, pos, neg, with_trust=True)
             return found if trusted or extent is None else extent
-        if (self.reduced_guard is not None and max(h, w) >= self.reduced_scale * self.size
-                and span > self.reduced_guard * max(h, w)):
+        if self.reduced_guard is not None and max(h, w) >= 2 * self.size and span > self.reduced_guard * max(h, w):
             found, trusted = self._object_extent(image, k, pos, neg, with_trust=True)
             if trusted and found != extent and self._holds_other_tissue(image[:, :, k], full[0], found):
                 return found
