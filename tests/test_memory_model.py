@@ -56,3 +56,18 @@ def test_memory_training_reaches_the_deep_update():
     grads = [p.grad for p in memory.deep_update.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_affinity_readout_is_the_softmax_over_memory_of_negative_squared_distance():
+    """The readout is XMem's: each query pixel reads the memory values weighted by a soft-max over memory tokens of
+    -|q - k|^2 / sqrt(Ck); usage is each token's summed weight. Checked against that formula written out."""
+    from lib.net.memory import affinity_readout
+
+    g = torch.Generator().manual_seed(0)
+    q, mk, mv = torch.randn(2, 8, 30, generator=g), torch.randn(2, 8, 50, generator=g), torch.randn(2, 5, 50, generator=g)
+    dist = ((q[:, :, None, :] - mk[:, :, :, None]) ** 2).sum(1)  # B x M x N
+    weights = torch.softmax(-dist / np.sqrt(8), dim=1)
+    readout, usage = affinity_readout(q, mk, mv)
+    assert readout.shape == (2, 5, 30) and usage.shape == (2, 50)
+    assert torch.allclose(readout, torch.einsum("bcm,bmn->bcn", mv, weights), atol=1e-5)
+    assert torch.allclose(usage, weights.sum(2), atol=1e-5)

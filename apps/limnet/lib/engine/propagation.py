@@ -71,9 +71,11 @@ def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float,
     if not mask.any():
         return prob
     grown = torch.nn.functional.max_pool2d(previous.float()[None, None], (1, 2 * reach + 1), 1, (0, reach))
-    near = torch.nn.functional.max_pool2d(grown, (2 * reach + 1, 1), 1, (reach, 0))[0, 0] > 0  # square, separably
+    near = (torch.nn.functional.max_pool2d(grown, (2 * reach + 1, 1), 1, (reach, 0))[0, 0] > 0).cpu().numpy()
+    if near[mask].all():  # the usual slice: all of it near the previous mask, nothing to label
+        return prob
     lab, n = ndi.label(mask)
-    hits = np.unique(lab[near.cpu().numpy() & mask])
+    hits = np.unique(lab[near & mask])
     keep = np.isin(lab, hits[hits > 0]) | ~mask  # soft values below threshold stay as they are
     return prob * torch.from_numpy(keep).to(prob.device)
 
