@@ -1,7 +1,8 @@
 """Speed and memory through the REST API on CT-sized volumes, side by side with a classical flood-fill click tool
 given the same clicks in the same run. Prints tables (median, min, max of several clicks).
 
-Per volume: a cold first click (the image is read and normalised inside the request), then a client that fetches
+Per volume: cold first clicks (the image is read and normalised inside the request), one on each of `--cold`
+copies of the volume (each a fresh image to the server; median, min and max), then a client that fetches
 the image as Slicer does (`GET /datastore/image`, which also starts the server's background prefetch) and clicks
 with the robot: its first click (image prepared, new interaction) and later clicks. Dice of the last click against
 the phantom's truth is printed too, so that speed is never bought with a wrong mask.
@@ -114,6 +115,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--clicks", type=int, default=5)
+    p.add_argument("--cold", type=int, default=3, help="fresh copies of each volume for the cold first click")
     args = p.parse_args()
     big = (256, 256, 100) if args.quick else (512, 512, 300)
     # object extent grows at a fixed CT size; then one object in volumes of growing size
@@ -129,6 +131,8 @@ def main() -> None:
         if dtype != np.float32:
             img = np.round(img).astype(dtype)  # HU, as CT is stored
         nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.5, 1])), os.path.join(studies, f"{name}.nii.gz"))
+        for i in range(args.cold):  # the same file under other names: images the server has not seen
+            os.link(os.path.join(studies, f"{name}.nii.gz"), os.path.join(studies, f"{name}_cold{i}.nii.gz"))
         truth[name] = (img, gt)
     app = os.path.join(work, "limnet")
     shutil.copytree(os.path.join(ROOT, "apps", "limnet"), app, ignore=shutil.ignore_patterns("logs", "__pycache__"))
@@ -143,7 +147,8 @@ def main() -> None:
         base_rss = rss_mb(proc.pid)
         for name, (img, gt) in truth.items():
             clicks = robot_clicks(gt, args.clicks)
-            cold, _ = infer(url, name, [clicks[0][0]], [], client=f"cold-{name}")
+            cold = [infer(url, f"{name}_cold{i}", [clicks[0][0]], [], client=f"cold-{name}-{i}")[0]
+                    for i in range(args.cold)]
             requests.get(f"{url}/datastore/image?image={name}").raise_for_status()  # the client opens the image
             lim, ff, engine = [], [], []
             tool = FloodFillTool(img)  # scaling and smoothing precomputed, not timed
@@ -164,16 +169,18 @@ def main() -> None:
         stop_server(proc)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
-    print("\n| volume | shape | object voxels | cold first click s | first click s | later clicks s, median | min | max "
+    print("\n| volume | shape | object voxels | cold first click s, median | min | max | first click s "
+          "| later clicks s, median | min | max "
           "| of which network s (later, median) | flood fill s, median | min | max | flood / LIM-Net (later, REST) "
           "| flood / network | LIM-Net Dice, last click | flood fill Dice, last click |")
-    print("|---" * 16 + "|")
+    print("|---" * 18 + "|")
     for name, shape, n, cold, lim, engine, ff, d, fd in rows:
-        print(f"| {name} | {'x'.join(map(str, shape))} | {n} | {cold:.2f} | {lim[0]:.2f} | {fmt(lim[1:])} | "
+        print(f"| {name} | {'x'.join(map(str, shape))} | {n} | {fmt(cold)} | {lim[0]:.2f} | {fmt(lim[1:])} | "
               f"{np.median(engine[1:]):.2f} | {fmt(ff)} | {np.median(ff) / np.median(lim[1:]):.2f}x | "
               f"{np.median(ff) / np.median(engine[1:]):.2f}x | {d:.3f} | {fd:.3f} |")
     print(f"\nserver memory: {base_rss:.0f} MB at start, {open_rss:.0f} MB with {n_open} interactions open "
-          f"(the store keeps at most max_interactions; {2 * len(rows)} were started on {len(rows)} images)")
+          f"(the store keeps at most max_interactions; {(args.cold + 1) * len(rows)} were started on "
+          f"{(args.cold + 1) * len(rows)} images)")
 
 
 if __name__ == "__main__":
