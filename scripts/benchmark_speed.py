@@ -163,6 +163,9 @@ def main() -> None:
                 ff.append(time.perf_counter() - t)
             rows.append((name, img.shape, int(gt.sum()), cold, lim, engine, ff, mask_dice(content, gt),
                          dice(flooded, gt)))
+            if len(rows) == 1:  # the cold copies and the robot's image: interactions on that many CT-sized images
+                first_open = (requests.get(f"{url}/info/").json()["models"]["limnet"]["open_interactions"],
+                              rss_mb(proc.pid), name)
         open_rss = rss_mb(proc.pid)
         n_open = requests.get(f"{url}/info/").json()["models"]["limnet"]["open_interactions"]
     finally:
@@ -180,7 +183,8 @@ def main() -> None:
               f"{np.median(ff) / np.median(engine[1:]):.2f}x | {d:.3f} | {fd:.3f} |")
     print(f"\nserver memory: {base_rss:.0f} MB at start, {open_rss:.0f} MB with {n_open} interactions open "
           f"(the store keeps at most max_interactions; {(args.cold + 1) * len(rows)} were started on "
-          f"{(args.cold + 1) * len(rows)} images)")
+          f"{(args.cold + 1) * len(rows)} images); {first_open[1]:.0f} MB with {first_open[0]} open after the "
+          f"first volume's row ({first_open[2]}: one image each)")
 
 
 if __name__ == "__main__":
