@@ -547,3 +547,58 @@ def test_label_3d_gives_scipys_components() -> None:
             pairs = np.unique(np.stack([ours[m], ref[m]]), axis=1)  # each of ours is exactly one of scipy's
             assert pairs.shape[1] == n and len(set(pairs[0])) == n and len(set(pairs[1])) == n, trial
             assert not ours[~m].any()
+
+
+def test_a_trim_removes_only_what_the_negative_click_claims(net) -> None:
+    """`trim_claim`: a negative click on a leak grown onto a clicked object removes the leak; where the interaction
+    module's answer to the separation keeps too little of the object (here: a small disc around the positive
+    click, the failure seen on a CT organ in validation), the rest of the object stays, since it is not
+    geodesically nearer the negative click."""
+    import torch
+
+    from lib.engine.geometry import Box, paste_slices
+    from lib.engine.state import InteractionState
+
+    rng = np.random.default_rng(0)
+    x, y = np.ogrid[:64, :64]
+    organ = ((x - 36) ** 2 + (y - 32) ** 2 < 16**2)[:, :, None] & (np.arange(12) >= 0)
+    leak = ((x >= 8) & (x < 22) & (y >= 20) & (y < 44))[:, :, None] & ~organ  # brighter tissue grown onto it
+    image = (0.2 + 0.4 * organ + 0.7 * leak + rng.normal(0, 0.02, organ.shape)).astype(np.float32)
+    last = organ | leak
+    state = InteractionState(image=image, mask=last.copy(), foreground=[(36, 32, 6)])
+    box = Box(0, 0, 64)
+    pos, neg = [(36, 32)], [(12, 32)]
+
+    def too_little(image, box, k, pos, neg, finding=False):  # an answer holding a 5-pixel disc around the seed
+        out = torch.zeros(64, 64)
+        out[31:42, 27:38] = 1.0
+        return out
+
+    def prompt(seg):
+        seg._interact = too_little
+        return paste_slices(seg._fresh_anchor(state, box, 6, pos, neg)[None], box, (64, 64))[:, :, 0] > 0.5
+
+    kept = prompt(LimNetSegmenter(net, "cpu", use_fusion=False, trim_claim=True))
+    assert kept[organ[:, :, 6]].mean() > 0.9, "the organ stays"
+    assert kept[leak[:, :, 6]].mean() < 0.2 and not kept[12, 32], "the leak goes"
+    assert prompt(LimNetSegmenter(net, "cpu", use_fusion=False))[organ[:, :, 6]].mean() < 0.5  # the answer alone
+
+
+def test_a_negative_round_removes_elsewhere_what_continues_its_removal(net) -> None:
+    """`track_removal`: after a negative click on a neighbour the last round had taken in, the other slices lose
+    the neighbour where the memory model tracks it from the clicked slice, and keep the object."""
+    rng = np.random.default_rng(1)
+    x, y, z = np.ogrid[:96, :96, :24]
+    obj = ((x - 52) ** 2 + (y - 48) ** 2 < 14**2) & (z >= 3) & (z < 21)
+    neighbour = ((x - 24) ** 2 + (y - 48) ** 2 < 12**2) & (z >= 3) & (z < 21) & ~obj
+    image = (0.2 + 0.35 * obj + 0.6 * neighbour + rng.normal(0, 0.03, obj.shape)).astype(np.float32)
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False, track_removal=True)
+    state = seg.new_state(image)
+    seg.add_clicks(state, [(52, 48, 12)], [])
+    leaked = np.asfortranarray(obj | neighbour)  # as if the first round had run onto the neighbour
+    state.mask, state.region = leaked, (slice(0, 96), slice(0, 96), slice(0, 24))
+    out = seg.add_clicks(state, [(52, 48, 12)], [(24, 48, 12)])
+    for k in range(5, 19):
+        assert out[:, :, k][obj[:, :, k]].mean() > 0.9, f"slice {k} keeps the object"
+    others = [k for k in range(5, 19) if k != 12]
+    assert np.mean([out[:, :, k][neighbour[:, :, k]].mean() for k in others]) < 0.5, "the neighbour goes"
