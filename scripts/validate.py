@@ -74,9 +74,6 @@ VARIANTS = {
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
-    "guarded+window+track": dict(box_search="guarded", local_window=True, track_removal=True),
-    "guarded+window+tclaim": dict(box_search="guarded", local_window=True, trim_claim=True),
-    "guarded+window+track+tclaim": dict(box_search="guarded", local_window=True, track_removal=True, trim_claim=True),
 }
 
 

@@ -53,8 +53,7 @@ class LimNetSegmenter:
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75,
                  reduced_guard: float | None = 0.4, window_coverage: float | None = None,
-                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True,
-                 track_removal: bool = False, trim_claim: bool = False) -> None:
+                 added_like: bool = False, follow: int = 0, bridge_gaps: bool = True) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_extent`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -116,7 +115,6 @@ class LimNetSegmenter:
         self.first_guard, self.reduced_guard = first_guard, reduced_guard
         self.window_coverage, self.added_like = window_coverage, added_like
         self.follow = follow
-        self.track_removal, self.trim_claim = track_removal, trim_claim
         self.bridge_gaps = bridge_gaps
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
@@ -199,26 +197,8 @@ class LimNetSegmenter:
             if seeds:
                 h, w = last.shape
                 answer = paste_slices(self._interact(state.image, box, k, seeds, negative)[None], box, (h, w))
-                kept = answer[:, :, 0] > 0.5
-                if self.trim_claim and self.negative_geodesic:
-                    kept |= ~self._claimed(state, box, k, comp, seeds, [p for p in negative if comp[p]])
-                out |= comp & kept
+                out |= comp & (answer[:, :, 0] > 0.5)
         return out
-
-    def _claimed(self, state: InteractionState, box: Box, k: int, comp: np.ndarray, seeds: list,
-                 negative: list) -> np.ndarray:
-        """The part of a clicked component (H x W) its negative clicks claim against `seeds` (`negative_claim`,
-        on the slice as the interaction module sees it): with `trim_claim` a trim removes only that part, so an
-        answer that keeps too little of the object around the seeds cannot take the rest of it along."""
-        image = state.image
-        ks = neighbour_indices(k, image.shape[2])
-        window = self._window(image, box, ks, [(x, y, k) for x, y in seeds])
-        frame = crop_slices(image, box, ks, self.size, window)[0, 1].numpy()
-        comp_w = self._working(comp, box).cpu().numpy() > 0.5
-        to_w = ([box.to_working(x, y, self.size) for x, y in seeds],
-                [box.to_working(x, y, self.size) for x, y in negative])
-        claimed = negative_claim(frame, comp_w, *to_w, self.negative_geodesic)
-        return paste_slices(torch.from_numpy(claimed).float()[None], box, comp.shape)[:, :, 0] > 0.5
 
     @staticmethod
     def _core_away_from(comp: np.ndarray, clicks: list[tuple[int, int]]) -> tuple[int, int] | None:
@@ -538,8 +518,6 @@ class LimNetSegmenter:
             inside = [k for k in settled if region[2].start <= k < region[2].stop]
             mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         region = self._one_way(state, mask, region, foreground, background)
-        if self.track_removal and direction < 0:
-            region = self._removal_tracked(state, mask, region, box, background[len(state.background):], span)
         if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
             region = region_union(region, state.region)
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
@@ -565,38 +543,6 @@ class LimNetSegmenter:
             mask[region] &= state.mask[region]
             if self.negative_footprint is not None:
                 self._limit_removal(state, mask, region, background[len(state.background):])
-        return region
-
-    def _removal_tracked(self, state: InteractionState, mask: np.ndarray, region: Region, box: Box,
-                         new_negative: list[Click], span: tuple[int, int] | None) -> Region:
-        """A round of negative clicks alone changes the slices it did not click only where what it removed on its
-        clicked slices continues: that removal is tracked through the volume by the memory model, as an object of
-        its own, and taken off the last round's mask. Propagating the trimmed clicked slice instead re-segments
-        every slice from a prompt that lost part of the object (validation: one negative click on a CT organ's
-        leak shrank it on all 20 slices, Dice 0.94 -> 0.30). Changes `mask` in place; returns its region."""
-        clicked = {int(k) for _, _, k in state.foreground + state.background} | {int(c[2]) for c in new_negative}
-        new_ks = sorted({int(c[2]) for c in new_negative})
-        removed = {k: state.mask[:, :, k] & ~mask[:, :, k] for k in new_ks}
-        anchors = {k: self._working(r, box) for k, r in removed.items()}
-        for k in clicked - set(new_ks):  # an earlier clicked slice stays as it is: the tracked removal stops there
-            anchors[k] = torch.zeros(self.size, self.size, device=self.device)
-        region = region_union(region, state.region)
-        lo, hi = (0, mask.shape[2] - 1) if span is None else span
-        keep = [k for k in range(region[2].start, region[2].stop) if k not in clicked and lo <= k <= hi]
-        rx, ry = region[0], region[1]
-        for k in keep:  # the last round's mask, less the tracked removal below
-            mask[rx, ry, k] = state.mask[rx, ry, k]
-        if not any(bool(r.any()) for r in removed.values()):
-            return region
-        with torch.inference_mode(), self._autocast():
-            tracked = propagate(self.net.memory, state.features, anchors, self.propagation, None, span,
-                                self._sweeper)
-        ks = [k for k in keep if k in tracked]
-        h, w = mask.shape[:2]
-        for i in range(0, len(ks), 32):
-            chunk = ks[i : i + 32]
-            gone = paste_slices(torch.stack([tracked[k] for k in chunk]), box, (h, w)) > self.propagation.threshold
-            mask[:, :, chunk] &= ~gone
         return region
 
     @staticmethod
