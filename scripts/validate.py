@@ -74,7 +74,6 @@ VARIANTS = {
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
-    "guarded+window+mem2": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(memory_every=2)),
 }
 
 

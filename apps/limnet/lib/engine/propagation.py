@@ -56,8 +56,6 @@ class PropagationConfig:
     same_iou: float = 0.97  # a slice "matches" the last round at this IoU of the masks
     edge_stop: int = 2  # a propagated slice whose mask runs into this many edges of the box (inside the image) ends
     # the sweep: the box holds the object with a margin, so filling it means the memory ran onto a neighbour
-    memory_every: int = 1  # a propagated slice's (frame, mask) value is encoded and remembered every this many slices
-    # of a sweep (XMem's mem_every); the others are only read out
     parallel: bool = True  # on the CPU, run the two sweeps in two threads: they are independent, and one sweep's
     # small convolutions do not keep two cores busy (first click on a 95-slice object: 2.5 s -> 1.5 s, README);
     # the segmenter owns the one worker thread (a thread per round grew the server's memory: malloc arenas)
@@ -149,10 +147,9 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         else:
             empty = 0
             previous = prob[0, 0] > cfg.threshold
-            if (k - source) % cfg.memory_every == 0:
-                value = memory.encode_value(frame, prob, feats[2])
-                bank.add(key.flatten(2), value.flatten(2))
-                hidden = memory.remember(value, hidden)
+            value = memory.encode_value(frame, prob, feats[2])
+            bank.add(key.flatten(2), value.flatten(2))
+            hidden = memory.remember(value, hidden)
         if last_round is not None and (k - last_anchor) * direction > 0:
             settled = settled + 1 if k in last_round and _same(prob[0, 0], last_round[k], cfg.threshold,
                                                                cfg.same_iou) else 0
