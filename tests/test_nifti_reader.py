@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 
 from lib.engine.geometry import ScaledVolume, normalize_intensity
 from lib.infers.limnet import VolumeCache, prepare_image
-from lib.infers.nifti_reader import read_nifti
+from lib.infers.nifti_reader import _read_voxels, read_nifti
 
 RNG = np.random.default_rng(0)
 DATA = RNG.integers(-1000, 1000, (31, 23, 17)).astype(np.int16)
@@ -55,6 +55,27 @@ def test_same_image_as_itk(tmp_path, name, data, affine, codes, slope) -> None:
     a, b = prepare_image(ours), prepare_image(ref)  # what the engine caches: same values, same geometry
     assert np.array_equal(a.normalized, b.normalized)
     assert np.allclose(a.affine.numpy(), b.affine.numpy(), atol=1e-4)
+
+
+def test_big_endian_file_reads_as_itk_reads_it(tmp_path) -> None:
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_dtype(np.int16)
+    nib.save(nib.Nifti1Image(DATA, OBLIQUE, header=header), str(tmp_path / "be.nii.gz"))
+    ours = read_nifti(str(tmp_path / "be.nii.gz"))
+    ref = LoadImage(reader="ITKReader", image_only=True)(str(tmp_path / "be.nii.gz"))
+    assert ours is not None and ours.dtype == torch.int16
+    np.testing.assert_array_equal(ours.as_tensor().numpy(), ref.numpy())
+
+
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.nii"])
+def test_voxels_are_read_whole_across_chunks(tmp_path, name) -> None:
+    """The voxels inflated piece by piece into one buffer: the same array nibabel reads, in the file's order, and
+    writable (the cache and the engine never need a copy)."""
+    path = _save(tmp_path / name, DATA, FLIPPED)
+    proxy = nib.load(path).dataobj
+    got = _read_voxels(path, int(proxy.offset), DATA.shape, np.dtype(np.int16), chunk=1000)  # 1000 B: odd pieces
+    np.testing.assert_array_equal(got, np.asarray(proxy))
+    assert got.flags.f_contiguous and got.flags.writeable
 
 
 def test_unsure_files_are_left_to_itk(tmp_path) -> None:
