@@ -132,7 +132,7 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
             hidden = memory.remember(values[source], memory.init_hidden(key))
         mem_k, mem_v = bank.readout_tensors()
         logits, hidden, usage = memory.step(key, feats, mem_k, mem_v, hidden)
-        prob = keep_connected(torch.sigmoid(logits)[0, 0], previous, cfg.threshold, cfg.reach)[None, None]
+        prob = keep_connected(torch.sigmoid(logits.float())[0, 0], previous, cfg.threshold, cfg.reach)[None, None]
         bank.record_usage(usage)
         out[k] = prob[0, 0]
         area = float((prob > cfg.threshold).sum())
@@ -165,18 +165,22 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
 
 def propagate(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torch.Tensor],
               cfg: PropagationConfig | None = None, previous: dict[int, torch.Tensor] | None = None,
-              span: tuple[int, int] | None = None, executor: ThreadPoolExecutor | None = None) -> dict[int, torch.Tensor]:
+              span: tuple[int, int] | None = None, executor: ThreadPoolExecutor | None = None,
+              precision: torch.dtype | None = None) -> dict[int, torch.Tensor]:
     """Working-grid probabilities for every slice reached from the anchors (slice -> S x S).
 
     Slices between two anchors get both sweeps, weighted by closeness to the anchor each sweep came from.
     `previous`: the last round's result on the same features; `span`: the only slices wanted (see `_sweep`);
-    `executor`: runs the backward sweep while this thread runs the forward one (None: one after the other).
+    `executor`: runs the backward sweep while this thread runs the forward one (None: one after the other);
+    `precision`: the autocast type the sweeps run in (None: float32).
     """
     cfg = cfg or PropagationConfig()
     anchors = {k: v.reshape(1, 1, *v.shape[-2:]) for k, v in anchors.items()}
 
     def sweep(direction: int) -> dict[int, torch.Tensor]:
-        with torch.inference_mode():  # thread-local: entered in the thread that runs the sweep
+        # thread-local, both: entered in the thread that runs the sweep
+        with torch.inference_mode(), torch.autocast(torch.device(features.device).type, dtype=precision or torch.float32,
+                                                    enabled=precision is not None):
             return _sweep(memory, features, anchors, direction, cfg, previous, span)
 
     if executor is not None:
