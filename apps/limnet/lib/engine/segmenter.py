@@ -160,8 +160,10 @@ class LimNetSegmenter:
         return InteractionState(image=volume if normalized else normalize_intensity(volume))
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
+        """The interaction module's precision: the propagation's half type on a GPU; float32 on the CPU, where its
+        answers were not validated in bfloat16."""
+        if self.device.type == "cuda" and self.precision is not None:
+            return torch.autocast("cuda", dtype=self.precision)
         return contextlib.nullcontext()
 
     def _window(self, image: np.ndarray, box: Box, ks: np.ndarray, positive: list[Click],
