@@ -65,10 +65,9 @@ def read_nifti(path: str) -> MetaTensor | None:
         proxy = header_img.dataobj
         if getattr(proxy, "order", "F") != "F":
             return None  # not a layout NIfTI writes
+        data = _read_voxels(path, int(proxy.offset), tuple(header.get_data_shape()), dtype)
         if _scaled(proxy):
-            data = _read_scaled(path, header_img)
-        else:  # the usual file: stored values, read straight into the array the cache keeps
-            data = _read_voxels(path, int(proxy.offset), tuple(header.get_data_shape()), dtype)
+            data = _scaled_float32(data, proxy)
     except Exception as e:  # truncated or odd file: ITK reads it or reports it, as before
         logger.info("fast NIfTI read of %s skipped: %s", path, e)
         return None
@@ -81,12 +80,16 @@ def _scaled(proxy) -> bool:
     return float(getattr(proxy, "slope", 1.0)) != 1.0 or float(getattr(proxy, "inter", 0.0)) != 0.0
 
 
-def _read_scaled(path: str, header_img) -> np.ndarray:
-    """A file whose header scales its values: float32 as ITK gives them (a float64 copy of a CT would take 600 MB)."""
-    if path.lower().endswith(".gz"):
-        with fast_gzip.open(path, "rb") as f:
-            return type(header_img).from_stream(f).get_fdata(dtype=np.float32)
-    return np.asarray(header_img.get_fdata(dtype=np.float32), order="K")
+def _scaled_float32(data: np.ndarray, proxy) -> np.ndarray:
+    """The stored values scaled by the header, float32 as ITK gives them (a float64 copy of a CT would take 600 MB):
+    nibabel's own scaling, as its `get_fdata(dtype=np.float32)` applies it."""
+    from nibabel.volumeutils import apply_read_scaling
+
+    def factor(value) -> np.ndarray:
+        value = np.asanyarray(value)
+        return value.astype(np.float32) if np.can_cast(value, np.float32) else value
+
+    return np.asarray(apply_read_scaling(data, factor(proxy.slope), factor(proxy.inter)), dtype=np.float32, order="F")
 
 
 def _read_voxels(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, chunk: int = 1 << 22) -> np.ndarray:
