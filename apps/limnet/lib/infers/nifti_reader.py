@@ -102,11 +102,13 @@ def _read_voxels(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
     Read into memory also for an uncompressed file: the cache may keep the voxels as they are (`ScaledVolume`),
     and a mapped file can change or vanish under it.
     """
-    nbytes = int(np.prod(shape)) * dtype.itemsize
+    count = int(np.prod(shape))
+    nbytes = count * dtype.itemsize
     buffer = mmap.mmap(-1, max(nbytes, 1))
     view = memoryview(buffer)
     opener = fast_gzip.open if path.lower().endswith(".gz") else open
-    populating = _populate_ahead(buffer, nbytes)
+    done = threading.Event()
+    populating = _populate_ahead(buffer, nbytes, done)
     try:
         with opener(path, "rb") as f:
             f.seek(offset)
@@ -117,9 +119,10 @@ def _read_voxels(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
                     raise EOFError(f"{path} ends {nbytes - pos} bytes before its last voxel")
                 pos += n
     finally:
+        done.set()  # a read that failed part-way need not wait for the rest of the buffer
         if populating is not None:
             populating.join()
-    data = np.frombuffer(buffer, dtype=dtype, count=int(np.prod(shape))).reshape(shape, order="F")
+    data = np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape, order="F")
     if not dtype.isnative:  # a big-endian file: native values (torch reads nothing else)
         data = data.astype(dtype.newbyteorder("="), order="F")
     return data
@@ -128,13 +131,15 @@ def _read_voxels(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype
 MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault pages in, writable, without changing their contents
 
 
-def _populate_ahead(buffer: mmap.mmap, nbytes: int, slab: int = 1 << 24) -> threading.Thread | None:
+def _populate_ahead(buffer: mmap.mmap, nbytes: int, done: threading.Event,
+                    slab: int = 1 << 24) -> threading.Thread | None:
     """Fault the buffer's pages in from a second thread, slab by slab ahead of the inflating one.
 
     Each page of a fresh buffer costs a fault on its first write; in a virtual machine that backs its memory
     lazily this is most of a cold read (here up to ~0.6 s for a CT's 157 MB, against ~0.35 s of inflating). The
     calls leave the GIL (ctypes), so the faults overlap the inflate on a second core (0.78-0.96 -> 0.32-0.78 s).
-    Where the call is missing (not Linux, an older kernel) the inflater faults the pages itself, as before.
+    Where the call is missing (not Linux, an older kernel) the inflater faults the pages itself, as before; once
+    `done` is set (the read ended or failed) the thread stops.
     """
     if not sys.platform.startswith("linux") or nbytes < 2 * slab:
         return None
@@ -147,7 +152,7 @@ def _populate_ahead(buffer: mmap.mmap, nbytes: int, slab: int = 1 << 24) -> thre
 
     def run() -> None:
         for start in range(0, nbytes, slab):
-            if madvise(address + start, min(slab, nbytes - start), MADV_POPULATE_WRITE) != 0:
+            if done.is_set() or madvise(address + start, min(slab, nbytes - start), MADV_POPULATE_WRITE) != 0:
                 return
 
     thread = threading.Thread(target=run, name="limnet-populate", daemon=True)
