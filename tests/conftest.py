@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
@@ -14,6 +15,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # monailabel.client saves results under tempfile's folder with the server's file name; on one machine that is the
 # very file the server deletes after answering. Clients (like Slicer) keep their own temporary folder.
 tempfile.tempdir = tempfile.mkdtemp(prefix="limnet-tests-")
+# The servers the tests start keep theirs in a folder inside it (not the same one, for that reason). The folder goes
+# when the run passes (each run left ~300 MB behind, and with the clones CI makes of this repository that filled a
+# disk once); a failed run keeps it, with the servers' logs, and says where.
+os.environ["TMPDIR"] = os.path.join(tempfile.tempdir, "servers")
+os.makedirs(os.environ["TMPDIR"])
+_RUN_PASSED: list[bool] = []
+
+
+def _remove_temporary_folder() -> None:
+    if _RUN_PASSED == [True]:
+        shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+    else:
+        print(f"\nthe tests' temporary files are kept in {tempfile.tempdir}", file=sys.stderr)
+
+
+atexit.register(_remove_temporary_folder)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _RUN_PASSED.append(int(exitstatus) == 0)
+
+
 APP = os.path.join(ROOT, "apps", "limnet")
 sys.path.insert(0, APP)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

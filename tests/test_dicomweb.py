@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 
 import nrrd
@@ -67,7 +68,7 @@ def _ohif_infer(murl: str, series_uid: str, fg: list) -> tuple[np.ndarray, str]:
     r = requests.post(f"{murl}/infer/limnet?image={series_uid}&output=image", data={"params": json.dumps(params)},
                       timeout=300)
     assert r.status_code == 200, r.text[:500]
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ohif-{series_uid[-6:]}.nrrd")
+    path = os.path.join(tempfile.gettempdir(), f"ohif-{series_uid[-6:]}.nrrd")
     with open(path, "wb") as f:
         f.write(r.content)
     data, header = nrrd.read(path)  # index order i fastest: how OHIF reads the raw buffer
