@@ -4,12 +4,14 @@ leaves the served model as it was and clicks answered as before."""
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -206,3 +208,101 @@ def test_killed_or_failing_training_leaves_the_served_model(durable, tmp_path):
     assert _model_files(server) == model
     assert np.array_equal(_obj_click(url, case), before)
     assert server.proc.poll() is None
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs: a disk that really fills (ENOSPC), where mounting is allowed (root; CI runs as root)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(path) -> None:
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def test_full_disk_refuses_a_save_with_507_and_keeps_the_label(small_disk, tmp_path):
+    """A save onto a full disk answers 507 with a message (not a bare 500); the label saved before is unchanged,
+    no temporary file or history entry is left, the server keeps answering, and once there is room the save works."""
+    studies = small_disk / "studies"
+    studies.mkdir()
+    case = generate_case(np.random.default_rng(41), "blob", size=(64, 64), depth=(16, 16))
+    write_nifti(str(studies / "obj.nii.gz"), case.image.astype(np.int16), case.spacing)
+    versions = {}
+    for name, seed in (("A", 1), ("B", 2)):  # noise: it does not compress, so B cannot fit into a full disk
+        data = np.random.default_rng(seed).integers(0, 5, case.image.shape, dtype=np.uint8)
+        versions[name] = (str(tmp_path / f"label_{name}.nii.gz"), data)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), versions[name][0])
+    app = tmp_path / "app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "__pycache__", "*.prev.pt"))
+    with open(tmp_path / "server.log", "w") as log:
+        proc, url = start_server(str(app), str(studies), log=log, HOME=str(tmp_path))
+    try:
+        assert _save(url, "obj", versions["A"][0]).status_code == 200
+        label = studies / "labels" / "final" / "obj.nii.gz"
+        history = studies / "labels" / "final" / ".history"
+        _fill(small_disk / "filler")
+        r = _save(url, "obj", versions["B"][0])
+        assert r.status_code == 507, (r.status_code, r.text[:300])
+        assert "disk is full" in r.json()["detail"]
+        assert _which_version(str(label), versions) == "A"
+        leftovers = [f for d in (studies, label.parent) for f in os.listdir(d) if f.startswith(".")]
+        assert sorted(leftovers) == [".history", ".lock"] or sorted(leftovers) == [".lock"], leftovers
+        assert not os.path.isdir(history) or not os.listdir(history), "a refused save adds no history entry"
+        click = [int(v) for v in np.argwhere(case.label).mean(0)]
+        r = requests.post(f"{url}/infer/limnet?image=obj&output=json",
+                          data={"params": json.dumps({"foreground": [click], "background": []})}, timeout=120)
+        assert r.status_code == 200, r.text[:300]
+        listed = requests.get(f"{url}/datastore/?output=all", timeout=30).json()
+        assert listed["objects"]["obj"]["labels"]["final"]["info"]["name"] == "obj.nii.gz"
+        os.remove(small_disk / "filler")
+        assert _save(url, "obj", versions["B"][0]).status_code == 200
+        assert _which_version(str(label), versions) == "B"
+        assert [_which_version(str(history / f), versions) for f in os.listdir(history)] == ["A"]
+    finally:
+        stop_server(proc)
+
+
+def test_a_save_whose_index_write_fails_puts_the_label_back(tmp_path, monkeypatch):
+    """The label file is replaced first, the datastore's index second: when the second step fails (a full disk),
+    the save is undone, so the 507's "what was saved before is unchanged" holds for the file and the index."""
+    from lib.datastore import SafeLocalDatastore
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    write_nifti(str(studies / "obj.nii.gz"), np.zeros((8, 8, 4), np.int16))
+    versions = {}
+    for name, seed in (("A", 1), ("B", 2)):
+        data = np.random.default_rng(seed).integers(0, 5, (8, 8, 4), dtype=np.uint8)
+        versions[name] = (str(tmp_path / f"label_{name}.nii.gz"), data)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), versions[name][0])
+    ds = SafeLocalDatastore(str(studies), extensions=("*.nii.gz", "*.nii"), auto_reload=False)
+    ds.save_label("obj", versions["A"][0], "final", {"by": "first"})
+    label = studies / "labels" / "final" / "obj.nii.gz"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ds, "_update_datastore_file", full)
+    with pytest.raises(OSError):
+        ds.save_label("obj", versions["B"][0], "final", {"by": "second"})
+    assert _which_version(str(label), versions) == "A"
+    assert not os.listdir(label.parent / ".history")
+    assert ds.get_label_info("obj", "final")["by"] == "first"
+    monkeypatch.undo()
+    with pytest.raises(OSError):  # a first label whose index write fails is removed again
+        monkeypatch.setattr(ds, "_update_datastore_file", full)
+        ds.save_label("obj", versions["B"][0], "other", {})
+    assert not (studies / "labels" / "other" / "obj.nii.gz").exists()
+    assert "other" not in ds.get_labels_by_image_id("obj")

@@ -173,25 +173,50 @@ class SafeLocalDatastore(LocalDatastore):
         dest = os.path.join(label_path, name)
         with FileLock(self._lock_file):
             os.makedirs(label_path, exist_ok=True)
-            if os.path.exists(dest):  # keep the version this save replaces
-                keep_version(dest, os.path.join(label_path, HISTORY))
-            atomic_copy(label_filename, dest)
-            info = dict(label_info or {})
-            info.update({"ts": int(time.time()), "name": name})
-            obj.labels[label_tag] = DataModel(info=info, ext=label_ext)
-            self._update_datastore_file(lock=False)
+            # keep the version this save replaces
+            kept = keep_version(dest, os.path.join(label_path, HISTORY)) if os.path.exists(dest) else None
+            before, copied = obj.labels.get(label_tag), False
+            try:
+                atomic_copy(label_filename, dest)
+                copied = True
+                info = dict(label_info or {})
+                info.update({"ts": int(time.time()), "name": name})
+                obj.labels[label_tag] = DataModel(info=info, ext=label_ext)
+                self._update_datastore_file(lock=False)
+            except BaseException:  # a save that fails (a full disk) leaves the label and the index as they were
+                self._undo_save(dest, kept, copied)
+                if before is None:
+                    obj.labels.pop(label_tag, None)
+                else:
+                    obj.labels[label_tag] = before
+                raise
         return image_id
+
+    @staticmethod
+    def _undo_save(dest: str, kept: str | None, copied: bool) -> None:
+        """Put back the label a failed save replaced (`kept`, its history copy) or remove the one it added."""
+        if kept is not None:
+            if copied:
+                os.replace(kept, dest)
+            else:  # `dest` is still the old label; the history entry would only repeat it
+                os.remove(kept)
+        elif copied and os.path.exists(dest):
+            os.remove(dest)
 
     def _update_datastore_file(self, lock: bool = True) -> None:
         def write() -> None:
             self._ignore_event_config = True
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self._datastore_config_path), prefix=".datastore-")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._datastore_config_path)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self._datastore_config_path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
             _fsync_dir(os.path.dirname(self._datastore_config_path))
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 

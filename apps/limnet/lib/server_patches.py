@@ -20,6 +20,7 @@ tasks start fetching, reading and normalising it in the background, so the first
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -70,6 +71,18 @@ async def _upstream_error(request: Request, exc: requests.RequestException) -> J
                             headers={"WWW-Authenticate": "Bearer"})
     logger.error("upstream service error on %s: %s", request.url.path, exc)
     return JSONResponse(status_code=502, content={"detail": f"an upstream service failed ({type(exc).__name__})"})
+
+
+async def _disk_full(request: Request, exc: OSError) -> JSONResponse:
+    """A full disk (or quota) is the server's condition, not a fault in the request: say so (507), so the user frees
+    space and sends it again instead of reading a bare "Internal Server Error". Labels are written whole or not at all
+    (`datastore.atomic_copy`), so what was saved before stays. Other OS errors go on to the usual 500."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise exc
+    logger.error("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(status_code=507, content={
+        "detail": f"the server's disk is full ({exc.strerror}): this request was not stored; what was saved before "
+                  "is unchanged. Free some space on the server and send it again"})
 
 
 def _checked_params(params: str) -> None:
@@ -316,6 +329,7 @@ def install() -> None:
     app.add_exception_handler(json.JSONDecodeError, _bad_json)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
     app.add_exception_handler(requests.RequestException, _upstream_error)
+    app.add_exception_handler(OSError, _disk_full)
     app.middleware_stack = None  # rebuilt on the next request, now with these handlers
     app.add_middleware(PrefetchFetchedImages)
     app.middleware_stack = None
