@@ -81,8 +81,8 @@ async def _disk_full(request: Request, exc: OSError) -> JSONResponse:
         raise exc
     logger.error("%s %s: %s", request.method, request.url.path, exc)
     return JSONResponse(status_code=507, content={
-        "detail": f"the server's disk is full ({exc.strerror}): this request was not stored; what was saved before "
-                  "is unchanged. Free some space on the server and send it again"})
+        "detail": f"the server's disk is full ({exc.strerror}): the request failed and kept nothing it wrote; what "
+                  "was saved before is unchanged. Free some space on the server and send it again"})
 
 
 def _checked_params(params: str) -> None:
