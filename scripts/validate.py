@@ -76,6 +76,11 @@ VARIANTS = {
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
     "guarded+window+f32": dict(box_search="guarded", local_window=True, precision="float32"),
     "guarded+window+bf16": dict(box_search="guarded", local_window=True, precision="bfloat16"),
+    "guarded+window+nreach2": dict(box_search="guarded", local_window=True, negative_reach=2.0),
+    "guarded+window+nreach3": dict(box_search="guarded", local_window=True, negative_reach=3.0),
+    "guarded+window+nreach4": dict(box_search="guarded", local_window=True, negative_reach=4.0),
+    "guarded+window+nreach3+foot0": dict(box_search="guarded", local_window=True, negative_reach=3.0,
+                                         negative_footprint=0.0),
 }
 
 
