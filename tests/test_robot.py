@@ -32,6 +32,46 @@ def test_rounds_are_recognised_by_extended_clicks():
     assert not s.extends([(0, 0, 0), (1, 1, 1)], [])
 
 
+def _round(state: InteractionState, fg: list, bg: list, seed: int) -> np.ndarray:
+    """What `add_clicks` leaves behind: a new Fortran-ordered mask, its region, the clicks, the round recorded."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(state.image.shape, bool, order="F")
+    region = (slice(2, 13), slice(1, 8), slice(3 + seed % 3, 10))  # odd sizes: the packed bits end mid-byte
+    mask[region] = rng.random(mask[region].shape) > 0.5
+    state.mask, state.region, state.foreground, state.background = mask, region, list(fg), list(bg)
+    state.rounds += 1
+    state.settings = (False, 0)
+    state.record_round()
+    return mask
+
+
+def test_clicks_taken_back_return_the_round_the_user_saw():
+    """Undo: a round's mask comes back bit for bit when its clicks come back (a point deleted in the viewer), later
+    rounds are forgotten, and clicking anew goes on from there; lists that start with no kept round do not rewind."""
+    s = InteractionState(image=np.zeros((15, 9, 12), np.float32))
+    a, b, c = (3, 3, 5), (4, 4, 6), (9, 2, 7)
+    m1 = _round(s, [a], [], 1)
+    m2 = _round(s, [a], [b], 2)
+    _round(s, [a, c], [b], 3)
+    assert s.new_clicks([a], []) is None and s.rewind([a], [(1, 1, 1)])  # b deleted, a new negative click
+    assert s.rounds == 1 and s.foreground == [a] and s.background == [] and len(s.history) == 1
+    assert np.array_equal(s.mask, m1) and s.mask.flags.f_contiguous and s.probs is None
+    assert s.new_clicks([a], [(1, 1, 1)]) == [(1, 1, 1)]
+    _round(s, [a], [b], 2)
+    assert s.rewind([a], [b]) and s.rounds == 2 and np.array_equal(s.mask, m2)  # the current round: nothing to do
+    assert not s.rewind([c], [])  # no kept round starts these lists
+    assert s.rounds == 2 and np.array_equal(s.mask, m2)
+
+
+def test_kept_rounds_are_bounded_by_count_and_bytes():
+    s = InteractionState(image=np.zeros((15, 9, 12), np.float32))
+    for i in range(20):
+        _round(s, [(1, 1, i % 12)] * (i + 1), [], i)
+    assert len(s.history) == 16 and s.history[0].rounds == 5
+    s.record_round(max_bytes=1)  # over the byte budget only the newest stays
+    assert len(s.history) == 1 and s.history[0].rounds == 20
+
+
 def test_store_is_bounded_and_expires():
     store = InteractionStore(max_items=2, ttl_seconds=3600)
     for i in range(3):

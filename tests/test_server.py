@@ -82,6 +82,29 @@ def test_rounds_on_generated_volume_improve(server, studies):
     assert scores[-1] >= scores[0] - 0.01, scores
 
 
+def test_clicks_taken_back_return_the_round_before(server, studies):
+    """Undo through REST, as Slicer sends it after a point is deleted: the remaining clicks return the round the user
+    saw with them, bit for bit (before: a new interaction computed all of them at once, round 1); the same clicks
+    again return the same answer; a new click after the deletion goes on from the restored round."""
+    client = MONAILabelClient(server["url"])
+    case = studies["blob"]
+    gt = case.label.astype(bool)
+    fg, bg, masks, sent = [], [], [np.zeros(gt.shape, bool)], []
+    for _ in range(3):
+        idx, positive = next_click(masks[-1], gt, case.spacing)
+        (fg if positive else bg).append(list(idx))
+        sent.append({"foreground": list(fg), "background": list(bg), "label": "target", "client_id": "undo",
+                     "reset_state": not sent})
+        path, meta = client.infer("limnet", "blob", sent[-1])
+        masks.append(nrrd.read(path)[0] > 0)
+    assert meta["round"] == 3 and not np.array_equal(masks[2], masks[3])
+    for _ in range(2):  # the third click deleted; and the same request again
+        path, meta = client.infer("limnet", "blob", sent[1])
+        assert meta["round"] == 2 and np.array_equal(nrrd.read(path)[0] > 0, masks[2])
+    path, meta = client.infer("limnet", "blob", sent[2])  # clicked again: a new third round from the second
+    assert meta["round"] == 3 and dice(nrrd.read(path)[0] > 0, masks[3]) > 0.95
+
+
 @pytest.mark.parametrize(
     "params, fragment",
     [

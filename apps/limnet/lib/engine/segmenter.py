@@ -566,7 +566,8 @@ class LimNetSegmenter:
             inside = [k for k in settled if region[2].start <= k < region[2].stop]
             mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         region = self._one_way(state, mask, region, foreground, background)
-        if (self.use_fusion if use_fusion is None else use_fusion) and state.mask is not None:
+        fuse = self.use_fusion if use_fusion is None else use_fusion
+        if fuse and state.mask is not None:
             region = region_union(region, state.region)
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
             logger.info("round %d: kept the previous round on %d slices", state.rounds + 1, len(kept))
@@ -574,6 +575,8 @@ class LimNetSegmenter:
         state.foreground = [tuple(map(int, c)) for c in foreground]
         state.background = [tuple(map(int, c)) for c in background]
         state.rounds += 1
+        state.settings = (bool(fuse), int(follow))
+        state.record_round()
         return mask
 
     def _one_way(self, state: InteractionState, mask: np.ndarray, region: Region, foreground: list[Click],

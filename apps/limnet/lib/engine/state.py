@@ -15,6 +15,41 @@ import numpy as np
 from .geometry import Box, Region
 
 Click = tuple[int, int, int]
+ROUNDS_KEPT = 16  # rounds an interaction can go back to (undo), at most
+ROUND_BYTES_KEPT = 32 << 20  # and at most this many bytes of their packed masks
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One finished round as the user saw it: its clicks and its mask, packed 8 voxels a byte inside the block that
+    can hold voxels. Kept so that taking clicks back returns that round exactly, not a recomputation."""
+
+    foreground: tuple[Click, ...]
+    background: tuple[Click, ...]
+    region: Region
+    bits: np.ndarray
+    box: Box | None
+    rounds: int
+    uncertainty: float
+    settings: tuple
+
+    @staticmethod
+    def of(state: "InteractionState") -> "RoundRecord":
+        block = state.mask[state.region].ravel(order="F")  # the mask is Fortran-ordered: this order reads it in turn
+        return RoundRecord(tuple(state.foreground), tuple(state.background), state.region, np.packbits(block),
+                           state.box, state.rounds, state.uncertainty, state.settings)
+
+    def mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The round's mask as `add_clicks` returned it (bool, Fortran order)."""
+        out = np.zeros(shape, bool, order="F")
+        block = tuple(r.stop - r.start for r in self.region)
+        out[self.region] = np.unpackbits(self.bits, count=int(np.prod(block))).view(bool).reshape(block, order="F")
+        return out
+
+    def prefix_of(self, foreground: list[Click], background: list[Click]) -> bool:
+        """Whether both click lists start with this round's."""
+        return (tuple(foreground[: len(self.foreground)]) == self.foreground
+                and tuple(background[: len(self.background)]) == self.background)
 
 
 @dataclass
@@ -32,6 +67,8 @@ class InteractionState:
     probs_features: object | None = None  # the SliceFeatures `probs` were computed on
     rounds: int = 0
     uncertainty: float = 0.0  # mean mask entropy of the last round (active learning's signal)
+    settings: tuple = ()  # the options the last round ran with (MRF on, follow), as `add_clicks` took them
+    history: list[RoundRecord] = field(default_factory=list)  # the last rounds, oldest first (`rewind`)
 
     def mask_voxels(self) -> int:
         return 0 if self.mask is None or self.region is None else int(np.count_nonzero(self.mask[self.region]))
@@ -48,6 +85,35 @@ class InteractionState:
     def extends(self, foreground: list[Click], background: list[Click]) -> bool:
         """True when the new click lists start with this state's clicks and add at least one."""
         return bool(self.new_clicks(foreground, background))
+
+    def record_round(self, max_rounds: int = ROUNDS_KEPT, max_bytes: int = ROUND_BYTES_KEPT) -> None:
+        """Keep the round just finished for `rewind`, dropping the oldest beyond `max_rounds` or `max_bytes`."""
+        if self.mask is None or self.region is None:
+            return
+        self.history.append(RoundRecord.of(self))
+        while len(self.history) > max_rounds or (len(self.history) > 1
+                                                 and sum(r.bits.nbytes for r in self.history) > max_bytes):
+            self.history.pop(0)
+
+    def rewind(self, foreground: list[Click], background: list[Click]) -> bool:
+        """Go back to the latest kept round whose clicks both lists start with (the user took clicks back, or took
+        some back and clicked anew): its mask, clicks and box become the state's again and later rounds are
+        forgotten. False, and nothing changed, when no kept round fits."""
+        fg, bg = [tuple(map(int, c)) for c in foreground], [tuple(map(int, c)) for c in background]
+        for i in range(len(self.history) - 1, -1, -1):
+            record = self.history[i]
+            if record.prefix_of(fg, bg):
+                break
+        else:
+            return False
+        if record.rounds != self.rounds:
+            self.mask = record.mask(self.image.shape)
+            self.region, self.box, self.rounds = record.region, record.box, record.rounds
+            self.uncertainty, self.settings = record.uncertainty, record.settings
+            self.foreground, self.background = list(record.foreground), list(record.background)
+            self.probs = self.probs_features = None  # the later round's probabilities no longer describe the mask
+            del self.history[i + 1:]
+        return True
 
 
 class InteractionStore:

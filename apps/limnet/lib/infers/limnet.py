@@ -274,14 +274,25 @@ class LimNetInfer(BasicInferTask):
         st = os.stat(path) if path and os.path.exists(path) else None
         key = (path, st.st_mtime_ns if st else 0, label, str(data.get("client_id") or ""))
         reset = str(data.get("reset_state", "false")).lower() in ("1", "true", "yes")
-        state = None if reset else self.store.get(key)
-        if state is None or not state.extends(fg, bg):
-            state = segmenter.new_state(image.normalized, normalized=True)
         use_fusion = str(data.get("use_fusion", self.use_fusion)).lower() in ("1", "true", "yes")
         # a first click's propagation follows a long, thin object out of its box (`LimNetSegmenter._follow`)
         follow = str(data.get("follow_object", self.follow_object)).lower() in ("1", "true", "yes")
-        with self._lock:  # one round at a time per task: rounds share the network's buffers
-            mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion, follow=FOLLOW_TIMES if follow else 0)
+        with self._lock:  # one round at a time per task: rounds share the network's buffers (and states)
+            state = None if reset else self.store.get(key)
+            # clicks taken back (a point deleted in the viewer, then perhaps a new one): back to the round the user saw
+            # with the remaining clicks, not a recomputation of them all at once (`InteractionState.rewind`)
+            if state is not None and state.new_clicks(fg, bg) is None and not state.rewind(fg, bg):
+                state = None
+            settings = (use_fusion, FOLLOW_TIMES if follow else 0)
+            repeat = state is not None and state.mask is not None and state.new_clicks(fg, bg) == []
+            if repeat and state.settings != settings:  # the same clicks with other options: computed afresh
+                state, repeat = None, False
+            if state is None:
+                state = segmenter.new_state(image.normalized, normalized=True)
+            if repeat:
+                mask = state.mask  # the same clicks as a round kept, with the same options: its answer as it was
+            else:
+                mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion, follow=settings[1])
         self.store.put(key, state)
         data["pred"] = MetaTensor(torch.from_numpy(mask.view(np.uint8)), affine=image.affine)
         data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": state.mask_voxels()}
