@@ -221,40 +221,49 @@ class LimNetSegmenter:
             comp = lab == comp_id
             clicks = [(x, y) for x, y in negative if comp[x, y]]
             out &= ~comp
-            core = self._core_away_from(comp, clicks) if self.split_leaks else None
+            depth = self._depth_in(comp)
+            core = self._core_away_from(comp, clicks, depth) if self.split_leaks else None
             seeds = [p for p in positive if comp[p]] + ([core] if core is not None else [])
             if seeds:
                 h, w = last.shape
                 answer = paste_slices(self._interact(state.image, box, k, seeds, negative)[None], box, (h, w))
                 out |= comp & (answer[:, :, 0] > 0.5)
             elif self.negative_reach is not None:
-                out |= comp & ~self._reached(comp, clicks, self.negative_reach)
+                out |= comp & ~self._reached(comp, clicks, self.negative_reach, depth)
         return out
 
     @staticmethod
-    def _reached(comp: np.ndarray, clicks: list[tuple[int, int]], reach: float, margin: float = 2.0) -> np.ndarray:
+    def _depth_in(comp: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+        """A 2D component's depth (distance to its outside, in pixels) over its bounding block, and the block."""
+        sl = ndi.find_objects(comp.astype(np.uint8))[0]
+        return ndi.distance_transform_edt(np.pad(comp[sl], 1))[1:-1, 1:-1], sl
+
+    @staticmethod
+    def _reached(comp: np.ndarray, clicks: list[tuple[int, int]], reach: float,
+                 depth: tuple[np.ndarray, tuple[slice, slice]] | None = None, margin: float = 2.0) -> np.ndarray:
         """What a negative click takes from its 2D component: all of it where the click lies at its thickest (a false
         object, clicked at its middle), else the disc of `reach` times the click's depth plus `margin` pixels around
-        each click (a false rim on a thicker object: the rest is object)."""
-        sl = ndi.find_objects(comp.astype(np.uint8))[0]
-        depth = ndi.distance_transform_edt(np.pad(comp[sl], 1))[1:-1, 1:-1]
+        each click (a false rim on a thicker object: the rest is object). `depth`: `_depth_in(comp)`, if at hand."""
+        depth, sl = depth or LimNetSegmenter._depth_in(comp)
         x0, y0 = sl[0].start, sl[1].start
         click_depth = max(float(depth[x - x0, y - y0]) for x, y in clicks)
         if depth.max() <= click_depth + 1.0:
             return comp
-        xs, ys = np.ogrid[: comp.shape[0], : comp.shape[1]]
-        disc = np.zeros_like(comp)
+        xs, ys = np.ogrid[sl[0].start : sl[0].stop, sl[1].start : sl[1].stop]
+        disc = np.zeros(depth.shape, bool)
         for x, y in clicks:
             r = reach * float(depth[x - x0, y - y0]) + margin
             disc |= (xs - x) ** 2 + (ys - y) ** 2 <= r * r
-        return comp & disc
+        taken = np.zeros_like(comp)
+        taken[sl] = comp[sl] & disc
+        return taken
 
     @staticmethod
-    def _core_away_from(comp: np.ndarray, clicks: list[tuple[int, int]]) -> tuple[int, int] | None:
+    def _core_away_from(comp: np.ndarray, clicks: list[tuple[int, int]],
+                        depth: tuple[np.ndarray, tuple[slice, slice]] | None = None) -> tuple[int, int] | None:
         """The deepest point of a 2D component farther from every click than twice the click's own depth, if it
-        lies deeper than the clicks: the thick part the clicks did not point at."""
-        sl = ndi.find_objects(comp.astype(np.uint8))[0]
-        depth = ndi.distance_transform_edt(np.pad(comp[sl], 1))[1:-1, 1:-1]
+        lies deeper than the clicks: the thick part the clicks did not point at. `depth`: `_depth_in(comp)`."""
+        depth, sl = depth or LimNetSegmenter._depth_in(comp)
         xs, ys = np.ogrid[sl[0].start : sl[0].stop, sl[1].start : sl[1].stop]
         far = np.ones(depth.shape, bool)
         click_depth = 0.0
