@@ -36,7 +36,7 @@ from .geometry import (
 )
 from .propagation import PropagationConfig, SliceFeatures, propagate
 from .round_fusion import RoundFusion
-from .state import Click, InteractionState
+from .state import Click, InteractionState, as_clicks
 
 logger = logging.getLogger(__name__)
 
@@ -581,8 +581,8 @@ class LimNetSegmenter:
             mask, kept = self.fusion.fuse(state.image, state.mask, mask, set(by_slice), region)
             logger.info("round %d: kept the previous round on %d slices", state.rounds + 1, len(kept))
         state.mask, state.region, state.box = mask, region, box
-        state.foreground = [tuple(map(int, c)) for c in foreground]
-        state.background = [tuple(map(int, c)) for c in background]
+        state.foreground = as_clicks(foreground)
+        state.background = as_clicks(background)
         state.rounds += 1
         state.settings = (bool(fuse), int(follow))
         state.record_round()

@@ -9,6 +9,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -17,6 +18,16 @@ from .geometry import Box, Region
 Click = tuple[int, int, int]
 ROUNDS_KEPT = 16  # rounds an interaction can go back to (undo), at most
 ROUND_BYTES_KEPT = 32 << 20  # and at most this many bytes of their packed masks
+
+
+def as_clicks(clicks) -> list[Click]:
+    """Clicks as tuples of ints (requests send lists, of numpy or Python ints)."""
+    return [tuple(map(int, c)) for c in clicks]
+
+
+def starts_with(foreground: list[Click], background: list[Click], fg: Sequence[Click], bg: Sequence[Click]) -> bool:
+    """Whether both click lists start with `fg` and `bg`: a later round of the interaction those clicks made."""
+    return list(foreground[: len(fg)]) == list(fg) and list(background[: len(bg)]) == list(bg)
 
 
 @dataclass(frozen=True)
@@ -46,10 +57,6 @@ class RoundRecord:
         out[self.region] = np.unpackbits(self.bits, count=int(np.prod(block))).view(bool).reshape(block, order="F")
         return out
 
-    def prefix_of(self, foreground: list[Click], background: list[Click]) -> bool:
-        """Whether both click lists start with this round's."""
-        return (tuple(foreground[: len(self.foreground)]) == self.foreground
-                and tuple(background[: len(self.background)]) == self.background)
 
 
 @dataclass
@@ -76,11 +83,10 @@ class InteractionState:
     def new_clicks(self, foreground: list[Click], background: list[Click]) -> list[Click] | None:
         """The clicks appended to this state's lists (foreground first), or None when the lists do not start with
         this state's clicks. A click repeated on an earlier voxel counts as new."""
-        fg, bg = [tuple(map(int, c)) for c in foreground], [tuple(map(int, c)) for c in background]
-        n_fg, n_bg = len(self.foreground), len(self.background)
-        if fg[:n_fg] != self.foreground or bg[:n_bg] != self.background:
+        fg, bg = as_clicks(foreground), as_clicks(background)
+        if not starts_with(fg, bg, self.foreground, self.background):
             return None
-        return fg[n_fg:] + bg[n_bg:]
+        return fg[len(self.foreground):] + bg[len(self.background):]
 
     def extends(self, foreground: list[Click], background: list[Click]) -> bool:
         """True when the new click lists start with this state's clicks and add at least one."""
@@ -99,10 +105,10 @@ class InteractionState:
         """Go back to the latest kept round whose clicks both lists start with (the user took clicks back, or took
         some back and clicked anew): its mask, clicks and box become the state's again and later rounds are
         forgotten. False, and nothing changed, when no kept round fits."""
-        fg, bg = [tuple(map(int, c)) for c in foreground], [tuple(map(int, c)) for c in background]
+        fg, bg = as_clicks(foreground), as_clicks(background)
         for i in range(len(self.history) - 1, -1, -1):
             record = self.history[i]
-            if record.prefix_of(fg, bg):
+            if starts_with(fg, bg, record.foreground, record.background):
                 break
         else:
             return False
