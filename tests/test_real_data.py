@@ -1,0 +1,24 @@
+"""Real training and validation volumes from TotalSegmentator's sdist: labels lie on their organs, and the
+validation series never enters training."""
+
+import numpy as np
+
+from lib.data.totalseg import training_cases, validation_cases
+
+
+def test_validation_labels_lie_on_their_organs():
+    cases = {c.name: c for c in validation_cases()}
+    assert {"ctval_liver", "ctval_spleen", "ctval_aorta", "ctval_trachea"} <= set(cases)
+    hu = {n: float(np.mean(c.image[c.label > 0])) for n, c in cases.items()}
+    # soft-tissue organs near +50..+100 HU, air in the trachea; a flipped or shifted label map misses both
+    assert 30 < hu["ctval_liver"] < 150 and 30 < hu["ctval_spleen"] < 150, hu
+    assert hu["ctval_trachea"] < -500, hu
+    assert all(c.image.shape == (512, 512, 20) and c.spacing[2] == 2.0 for c in cases.values())
+
+
+def test_training_never_reads_the_validation_series():
+    val = validation_cases()[0].image
+    cases = training_cases(np.random.default_rng(0))
+    assert len(cases) > 40
+    assert all(c.image.shape[:2] != val.shape[:2] for c in cases)  # the validation series is the only 512 x 512 one
+    assert all(0 < int(c.label.sum()) < c.label.size // 2 for c in cases)
