@@ -552,25 +552,28 @@ def test_a_slice_a_negative_round_emptied_between_object_slices_is_bridged() -> 
 
 
 def test_a_negative_click_on_a_ct_organ_does_not_remove_it(net) -> None:
-    """A validation case (kind `ct_organ`, seed of case 9) where the memory lost the organ on the two slices next to
-    a negative click's slice: every other slice was cut off from the positive clicks and dropped (Dice 0.94 ->
-    0.02). With the gaps bridged the organ's slices stay (0.30; two clicks later 0.96 against 0.87). The memory
-    lost those slices in float32; in bfloat16 (the default on CPUs that compute it) it keeps them (0.72 unbridged),
-    so the case is replayed in float32, without the later negative-click rules that keep it as well (footprint,
-    reach), and the default must keep the organ too."""
+    """Validation cases (kind `ct_organ`) where the robot's second or third click is negative on a leak of a found
+    organ: the organ stays, with and without gap bridging, in float32 without the later negative-click rules
+    (footprint, reach) and with the defaults.
+
+    Until 2026-12-04 this replayed case 9, where the weights of that time lost the organ on the two slices next to
+    the negative click's slice in float32 and only the bridging kept it (Dice 0.94 -> 0.02 unbridged, 0.30 bridged).
+    With the weights fine-tuned on real organs that day no case of the first 60 seeds of the kind loses a slice
+    there (searched), so that path cannot be replayed any more; `_bridge` itself is checked by the test above."""
     from lib.data.robot import run_robot
     from lib.data.synthetic import VALIDATION_KINDS, generate_case
 
-    case = generate_case(np.random.default_rng(777_000 + 100 * 9 + VALIDATION_KINDS.index("ct_organ")), "ct_organ")
-    result = {}
-    for bridge, precision in ((True, "float32"), (False, "float32"), ("default", "auto")):
-        earlier = {} if bridge == "default" else dict(negative_footprint=None, negative_reach=None)
-        seg = LimNetSegmenter(net, "cpu", use_fusion=False, bridge_gaps=bool(bridge), precision=precision, **earlier)
-        state = seg.new_state(case.image)
-        result[bridge] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 3, case.spacing)
-    assert len(result[True].background) == 1 and result[True].dice[1] > 0.9
-    assert result[False].dice[2] < 0.1 < 0.25 < result[True].dice[2]
-    assert result["default"].dice[2] > 0.25
+    for index in (6, 32):
+        case = generate_case(np.random.default_rng(777_000 + 100 * index + VALIDATION_KINDS.index("ct_organ")),
+                             "ct_organ")
+        for bridge, precision in ((True, "float32"), (False, "float32"), ("default", "auto")):
+            earlier = {} if bridge == "default" else dict(negative_footprint=None, negative_reach=None)
+            seg = LimNetSegmenter(net, "cpu", use_fusion=False, bridge_gaps=bool(bridge), precision=precision,
+                                  **earlier)
+            state = seg.new_state(case.image)
+            run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 3, case.spacing)
+            assert len(run.background) >= 1, (index, bridge)
+            assert min(run.dice) > 0.9, (index, bridge, run.dice)
 
 
 def test_bounding_box_is_find_objects_of_one_label() -> None:
