@@ -76,13 +76,15 @@ def _read(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]
 
     img = sitk.ReadImage(path)
     arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
-    spacing = tuple(float(s) for s in img.GetSpacing())
-    direction = np.array(img.GetDirection()).reshape(3, 3)
+    return arr, ras_affine(img), tuple(float(s) for s in img.GetSpacing())
+
+
+def ras_affine(img) -> np.ndarray:
+    """The RAS voxel-to-world affine of a SimpleITK image (which stores LPS direction, spacing and origin)."""
     affine = np.eye(4)
-    affine[:3, :3] = direction * np.array(spacing)
+    affine[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
     affine[:3, 3] = img.GetOrigin()
-    affine = np.diag([-1, -1, 1, 1]) @ affine  # LPS -> RAS
-    return arr, affine, spacing
+    return np.diag([-1, -1, 1, 1]) @ affine  # LPS -> RAS
 
 
 def _largest(mask: np.ndarray) -> np.ndarray:

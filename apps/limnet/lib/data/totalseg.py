@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from .heldout import _largest, _pip_download
+from .heldout import _largest, _pip_download, ras_affine
 from .packaged import RealCase, thick_slices
 
 TOTALSEGMENTATOR = "totalsegmentator==2.18.0"
@@ -108,8 +108,9 @@ def _training_volumes(folder: str) -> list[tuple[np.ndarray, dict[str, np.ndarra
 
 
 def training_cases(rng: np.random.Generator, folder: str | None = None):
-    """(normalised image, label) training pairs: every organ of the training series, the 1.5 mm CT also as 4.5 mm
-    slices (partial volume), each organ in any of the three slice orientations."""
+    """(normalised image, label) training pairs: every organ of the training series, each in any of the three slice
+    orientations; about half of those of the 1.5 mm angiogram and its crops of 150 slices or more also as 4.5 mm
+    slices (partial volume)."""
     from lib.engine.geometry import normalize_intensity
     from lib.training.samplers import Case
 
@@ -121,7 +122,7 @@ def training_cases(rng: np.random.Generator, folder: str | None = None):
             axis = int(rng.integers(3))  # slices along the last axis after moving `axis` there
             im, lab = np.moveaxis(img, axis, 2), np.moveaxis(mask, axis, 2)
             cases.append(Case(np.ascontiguousarray(im), np.ascontiguousarray(lab.astype(np.uint8))))
-            if raw.shape[2] >= 150 and rng.random() < 0.5:  # the angiogram: thick slices too
+            if raw.shape[2] >= 150 and rng.random() < 0.5:  # the angiogram and its aorta crop: thick slices too
                 ti, tl = thick_slices(raw, mask.astype(np.uint8), 3)
                 cases.append(Case(normalize_intensity(ti), tl))
     return cases
@@ -132,11 +133,7 @@ def validation_cases(folder: str | None = None) -> list[RealCase]:
     folder = fetch(folder)
     img, ct = _read(os.path.join(folder, "example_ct_dicom"))
     _, lab = _read(os.path.join(folder, "example_seg_dicom.nii.gz"), like=img)
-    spacing = tuple(float(s) for s in img.GetSpacing())
-    affine = np.eye(4)
-    affine[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) * np.array(spacing)
-    affine[:3, 3] = img.GetOrigin()
-    affine = np.diag([-1, -1, 1, 1]) @ affine  # LPS -> RAS
+    spacing, affine = tuple(float(s) for s in img.GetSpacing()), ras_affine(img)
     objs = _objects(lab, sorted(TOTAL_NAMES))
     return [RealCase(f"ctval_{TOTAL_NAMES[v]}", ct.astype(np.float32), m.astype(np.uint8), spacing, affine, "CT")
             for v, m in objs.items()]
