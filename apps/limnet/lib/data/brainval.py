@@ -1,0 +1,70 @@
+"""A validation set for deep grey nuclei of brain MR, never trained on and not the held-out template: the CAT12 T1
+template (IXI-derived, brain-extracted, 0.5 mm) and its IBSR atlas (FreeSurfer aseg numbering), both shipped in
+deepmriprep's wheel on PyPI.
+
+Why: a click inside a nucleus means the nucleus, not the brain around it; the generated volumes and the real CT
+validation series do not test that, and choices must not be made on the held-out MNI152 2 mm atlas
+(lib.data.heldout). Fetched once with pip (a package registry) into a cache folder; nothing comes from a data hub.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .heldout import _largest, _pip_download, ras_affine
+from .packaged import RealCase, thick_slices
+
+DEEPMRIPREP = "deepmriprep==0.3.0"
+_FILES = {"Template_05mm_bet.nii.gz": "t1.nii.gz", "ibsr.nii.gz": "ibsr.nii.gz"}
+# aseg ids: left, right
+NUCLEI = {"thalamus": (10, 49), "caudate": (11, 50), "putamen": (12, 51), "pallidum": (13, 52)}
+
+
+def cache_dir() -> str:
+    return os.environ.get("LIMNET_BRAINVAL", os.path.join(os.path.expanduser("~"), ".cache", "limnet", "brainval"))
+
+
+def fetch(folder: str | None = None) -> str:
+    """Download (once) deepmriprep's wheel and keep the T1 template and the IBSR atlas; returns the folder."""
+    folder = folder or cache_dir()
+    if all(os.path.exists(os.path.join(folder, f)) for f in _FILES.values()):
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(_pip_download(DEEPMRIPREP, tmp, sdist=False)) as z:
+            for name in z.namelist():
+                base = os.path.basename(name)
+                if base in _FILES and "/data/" in name:
+                    with z.open(name) as src, open(os.path.join(folder, _FILES[base]), "wb") as dst:
+                        dst.write(src.read())
+    return folder
+
+
+def validation_cases(folder: str | None = None, thick: int = 3) -> list[RealCase]:
+    """Left and right thalamus, caudate, putamen and pallidum on the template at 1 mm (block-averaged from 0.5 mm),
+    and the left ones again on `thick` mm slices (partial volume)."""
+    import SimpleITK as sitk
+
+    folder = fetch(folder)
+    t1 = sitk.BinShrink(sitk.Cast(sitk.ReadImage(os.path.join(folder, "t1.nii.gz")), sitk.sitkFloat32), [2, 2, 2])
+    atlas = sitk.Resample(sitk.ReadImage(os.path.join(folder, "ibsr.nii.gz")), t1, sitk.Transform(),
+                          sitk.sitkNearestNeighbor, 0)
+    image = sitk.GetArrayFromImage(t1).transpose(2, 1, 0).astype(np.float32)
+    labels = sitk.GetArrayFromImage(atlas).transpose(2, 1, 0)
+    spacing, affine = tuple(float(s) for s in t1.GetSpacing()), ras_affine(t1)
+    cases = []
+    for name, ids in NUCLEI.items():
+        for side, v in zip(("left", "right"), ids):
+            mask = _largest(labels == v).astype(np.uint8)
+            cases.append(RealCase(f"brainval_{name}_{side}", image, mask, spacing, affine, "MR"))
+            if side == "left" and thick > 1:
+                ti, tl = thick_slices(image, mask, thick)
+                aff = affine.copy()
+                aff[:3, 2] *= thick
+                cases.append(RealCase(f"brainval_{name}_{side}_{thick}mm", ti, tl, (*spacing[:2], spacing[2] * thick),
+                                      aff, "MR"))
+    return cases
