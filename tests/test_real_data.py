@@ -40,3 +40,27 @@ def test_brain_validation_nuclei_lie_on_grey_matter_between_the_ventricles():
         assert np.median(inside) > np.median(brain), name
     thick = cases["brainval_putamen_left_3mm"]
     assert thick.spacing[2] == 3.0 and abs(int(thick.label.sum()) * 3 - int(cases["brainval_putamen_left"].label.sum())) < 600
+
+
+def test_negative_clicks_after_a_whole_body_answer_choose_the_smaller_reading(net):
+    """Real CT, a click in a rib and one in the left back muscle: the first click's full-slice pass answers with the
+    body around them (hundreds of times the structure), and the robot's negative clicks then only carved pieces off
+    it (Dice under 0.12 after 6 clicks). The second round, negative clicks alone outside the small-to-large search's
+    trusted answer, re-answers in that answer's box (`reread`)."""
+    from lib.data.robot import run_robot
+    from lib.engine.segmenter import LimNetSegmenter
+
+    cases = {c.name: c for c in validation_cases()}
+    for name in ("ctval_rib_left_4", "ctval_autochthon_left"):
+        case = cases[name]
+        runs = {}
+        for reread in (None, 4.0):
+            seg = LimNetSegmenter(net, "cpu", use_fusion=False, reread=reread)
+            state = seg.new_state(case.image)
+            masks = []
+            runs[reread] = run_robot(lambda fg, bg: masks.append(seg.add_clicks(state, fg, bg)) or masks[-1],
+                                     case.label, 3, case.spacing)
+            assert masks[0].sum() > 10 * case.label.sum(), name  # the first answer: the body around it
+            assert len(runs[reread].background) >= 1
+        assert max(runs[None].dice) < 0.15, (name, runs[None].dice)
+        assert min(runs[4.0].dice[1:]) > 0.35, (name, runs[4.0].dice)
