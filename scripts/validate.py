@@ -63,6 +63,7 @@ VARIANTS = {
     "guarded+window+foot0": dict(box_search="guarded", local_window=True, negative_footprint=0.0),
     "guarded+window-reread": dict(box_search="guarded", local_window=True, reread=None),
     "guarded+window+reread2": dict(box_search="guarded", local_window=True, reread=2.0),
+    "guarded+window-larger": dict(box_search="guarded", local_window=True, larger_reading=False),
     "guarded+window+guard5": dict(box_search="guarded", local_window=True, first_guard=0.5),
     "guarded+window+guard6": dict(box_search="guarded", local_window=True, first_guard=0.6),
     "guarded+window-rguard": dict(box_search="guarded", local_window=True, reduced_guard=None),
