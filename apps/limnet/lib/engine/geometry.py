@@ -101,6 +101,10 @@ class Box:
     def y1(self) -> int:
         return self.y0 + self.size
 
+    def contains(self, x: float, y: float) -> bool:
+        """Whether the in-plane point (x, y) lies inside the box."""
+        return self.x0 <= x < self.x1 and self.y0 <= y < self.y1
+
     @staticmethod
     def around(xmin: float, xmax: float, ymin: float, ymax: float, scale: float, min_size: int) -> "Box":
         """A square centred on a bounding box, `scale` times its larger side and at least `min_size`."""

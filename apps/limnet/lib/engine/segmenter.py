@@ -417,7 +417,7 @@ class LimNetSegmenter:
             return None
         box = Box.around(*found, 1.5, 32).clamp_to((h, w))
         new = background[len(state.background):]
-        if any(box.x0 <= int(x) < box.x1 and box.y0 <= int(y) < box.y1 for x, y, _ in new):
+        if any(box.contains(int(x), int(y)) for x, y, _ in new):
             return None
         if np.count_nonzero(state.mask[:, :, k]) <= self.reread * min(box.size, h) * min(box.size, w):
             return None
@@ -440,7 +440,7 @@ class LimNetSegmenter:
             return None
         k, old = ks.pop(), state.box
         last = state.mask[:, :, k]
-        if any(last[int(x), int(y)] or (old.x0 <= int(x) < old.x1 and old.y0 <= int(y) < old.y1) for x, y, _ in new):
+        if any(last[int(x), int(y)] or old.contains(int(x), int(y)) for x, y, _ in new):
             return None
         full = self._full_slice_component(state.image, k, [(int(x), int(y)) for x, y, _ in state.foreground], [])
         if full is None or not all(full[0][int(x), int(y)] for x, y, _ in new):
@@ -591,7 +591,7 @@ class LimNetSegmenter:
             box = other
             state.mask = state.region = state.box = state.probs = state.probs_features = None
             by_slice = {k: (pos, neg) for k, (pos, neg) in by_slice.items()
-                        if pos or any(box.x0 <= x < box.x1 and box.y0 <= y < box.y1 for x, y in neg)}
+                        if pos or any(box.contains(x, y) for x, y in neg)}
         else:
             box = self._choose_box(state, by_slice)
         for attempt in range(2):  # grow the box once if the object runs into its edge
