@@ -10,12 +10,10 @@ validation series do not test that, and choices must not be made on the held-out
 from __future__ import annotations
 
 import os
-import tempfile
-import zipfile
 
 import numpy as np
 
-from .heldout import _largest, _pip_download, ras_affine
+from .heldout import _largest, ras_affine, wheel_files
 from .packaged import RealCase, thick_slices
 
 DEEPMRIPREP = "deepmriprep==0.3.0"
@@ -33,14 +31,7 @@ def fetch(folder: str | None = None) -> str:
     folder = folder or cache_dir()
     if all(os.path.exists(os.path.join(folder, f)) for f in _FILES.values()):
         return folder
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        with zipfile.ZipFile(_pip_download(DEEPMRIPREP, tmp, sdist=False)) as z:
-            for name in z.namelist():
-                base = os.path.basename(name)
-                if base in _FILES and "/data/" in name:
-                    with z.open(name) as src, open(os.path.join(folder, _FILES[base]), "wb") as dst:
-                        dst.write(src.read())
+    wheel_files(DEEPMRIPREP, _FILES, folder)
     return folder
 
 

