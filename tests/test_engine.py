@@ -10,7 +10,7 @@ from conftest import anchor_probs, capsule_volume
 from scipy import ndimage as ndi
 
 from lib.data.robot import dice, next_click
-from lib.engine.geometry import Box, bounding_box, crop_slices, label_3d
+from lib.engine.geometry import Box, bounding_box, crop_slices, distinctness, label_3d
 from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
 from lib.engine.round_fusion import RoundFusion
 from lib.engine.segmenter import LimNetSegmenter, propagation_precision
@@ -600,3 +600,16 @@ def test_label_3d_gives_scipys_components() -> None:
             pairs = np.unique(np.stack([ours[m], ref[m]]), axis=1)  # each of ours is exactly one of scipy's
             assert pairs.shape[1] == n and len(set(pairs[0])) == n and len(set(pairs[1])) == n, trial
             assert not ours[~m].any()
+
+
+def test_distinctness_prefers_an_object_to_a_patch_of_a_larger_one():
+    """A disc on a darker background stands out from its surroundings; a small patch inside a large disc of the same
+    grey does not (its ring continues its intensity), nor does the background around both."""
+    rng = np.random.default_rng(0)
+    xx, yy = np.mgrid[:200, :200]
+    organ = (xx - 100) ** 2 + (yy - 100) ** 2 < 60 ** 2
+    plane = np.where(organ, 1.0, 0.3) + rng.normal(0, 0.03, (200, 200))
+    patch = (xx - 100) ** 2 + (yy - 100) ** 2 < 12 ** 2
+    body = ((xx - 100) ** 2 + (yy - 100) ** 2 < 90 ** 2) & ~organ
+    whole, part, around = (distinctness(plane, m) for m in (organ, patch, body))
+    assert whole > 2 * part and whole > 2 * around, (whole, part, around)

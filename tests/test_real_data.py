@@ -46,7 +46,8 @@ def test_negative_clicks_after_a_whole_body_answer_choose_the_smaller_reading(ne
     """Real CT, a click in a rib and one in the left back muscle: the first click's full-slice pass answers with the
     body around them (hundreds of times the structure), and the robot's negative clicks then only carved pieces off
     it (Dice under 0.12 after 6 clicks). The second round, negative clicks alone outside the small-to-large search's
-    trusted answer, re-answers in that answer's box (`reread`)."""
+    trusted answer, re-answers in that answer's box (`reread`). With the first pick of before (`first_pick`
+    "smallest"), which the brain's slices keep."""
     from lib.data.robot import run_robot
     from lib.engine.segmenter import LimNetSegmenter
 
@@ -55,7 +56,7 @@ def test_negative_clicks_after_a_whole_body_answer_choose_the_smaller_reading(ne
         case = cases[name]
         runs = {}
         for reread in (None, 4.0):
-            seg = LimNetSegmenter(net, "cpu", use_fusion=False, reread=reread)
+            seg = LimNetSegmenter(net, "cpu", use_fusion=False, reread=reread, first_pick="smallest")
             state = seg.new_state(case.image)
             masks = []
             runs[reread] = run_robot(lambda fg, bg: masks.append(seg.add_clicks(state, fg, bg)) or masks[-1],
@@ -70,16 +71,36 @@ def test_a_positive_click_beyond_a_too_small_first_reading_chooses_the_larger_on
     """Real CT, a click in the liver: the first click's guard takes the box search's small trusted answer inside it
     (a few hundred voxels for a liver of 367,000), and positive clicks grew it a box at a time (Dice 0.01 after the
     second click). A second positive click on that slice, beyond the first box, inside the full-slice answer the
-    guard set aside, re-answers in that answer's box (`larger_reading`)."""
+    guard set aside, re-answers in that answer's box (`larger_reading`). With the first pick of before
+    (`first_pick` "smallest")."""
     from lib.data.robot import run_robot
     from lib.engine.segmenter import LimNetSegmenter
 
     case = {c.name: c for c in validation_cases()}["ctval_liver"]
     runs = {}
     for larger in (False, True):
-        seg = LimNetSegmenter(net, "cpu", use_fusion=False, larger_reading=larger)
+        seg = LimNetSegmenter(net, "cpu", use_fusion=False, larger_reading=larger, first_pick="smallest")
         state = seg.new_state(case.image)
         runs[larger] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 2, case.spacing)
         assert len(runs[larger].foreground) == 2 and runs[larger].dice[0] < 0.05
     assert runs[False].dice[1] < 0.05, runs[False].dice
     assert runs[True].dice[1] > 0.4, runs[True].dice
+
+
+def test_a_first_click_on_a_ct_slice_takes_its_most_distinct_reading(net):
+    """Real CT, clicks in the liver, a rib and the left back muscle: on a 512-pixel slice the whole-slice pass answers
+    with the body, and the box search's smallest trusted answer is a patch of the structure (Dice after the first
+    click 0.01, 0.00 and 0.11). The answer whose outline follows an edge (`first_pick` "distinct_reduced", the
+    default) is the structure."""
+    from lib.data.robot import run_robot
+    from lib.engine.segmenter import LimNetSegmenter
+
+    cases = {c.name: c for c in validation_cases()}
+    for name in ("ctval_liver", "ctval_rib_left_4", "ctval_autochthon_left"):
+        case = cases[name]
+        dice = {}
+        for pick in ("smallest", "distinct_reduced"):
+            seg = LimNetSegmenter(net, "cpu", use_fusion=False, first_pick=pick)
+            state = seg.new_state(case.image)
+            dice[pick] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 1, case.spacing).dice[0]
+        assert dice["smallest"] < 0.15 and dice["distinct_reduced"] > 0.5, (name, dice)
