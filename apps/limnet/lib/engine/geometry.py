@@ -240,6 +240,13 @@ def distinctness(plane: np.ndarray, comp: np.ndarray, gradient: np.ndarray | Non
     outside the middle 80% of its own (`bounded`'s measure) times how much stronger the intensity gradient is on its
     outline than inside it (medians; `gradient`: the plane's gradient magnitude, computed here if not given).
     Both are high for an object whose outline follows an edge, low for a patch of a larger region."""
+    found = ndi.find_objects(comp.astype(np.uint8))
+    if not found:
+        return 0.0
+    pad = 8  # the ring (5 pixels) and the gradient's reach: the rest of the plane does not matter
+    crop = tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in found[0])
+    plane, comp = plane[crop], comp[crop]
+    gradient = None if gradient is None else gradient[crop]
     near = ndi.binary_dilation(comp, iterations=1)
     ring = ndi.binary_dilation(near, iterations=4) & ~near
     core = ndi.binary_erosion(comp)

@@ -617,14 +617,13 @@ class LimNetSegmenter:
         h, w = image.shape[:2]
         px, py = [p[0] for p in pos], [p[1] for p in pos]
         plane = image[:, :, k].astype(np.float32)
-        gradient = ndi.gaussian_gradient_magnitude(plane, 1.0)
         size, found_all = start, []
         while True:
             box = Box.around(min(px), max(px), min(py), max(py), 1.0, size).clamp_to((h, w))
             if box.size >= max(h, w) or shows_structure(image, box, k):
                 found = self._clicked_component(image, box, k, pos, neg)
                 if found is not None and not self._cut_by(found[1], box, (h, w)):
-                    found_all.append((found[0], found[1], distinctness(plane, found[0], gradient)))
+                    found_all.append((found[0], found[1], distinctness(plane, found[0])))
             if box.size >= max(h, w):
                 return found_all
             size = int(np.ceil(box.size * grow))
