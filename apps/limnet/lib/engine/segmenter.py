@@ -419,7 +419,9 @@ class LimNetSegmenter:
         the region around it, and negative clicks then only carve pieces off that region. When the round after the
         first is negative clicks alone, all outside the box of the trusted smaller answer that the small-to-large
         search gives for the positive click (`_object_extent`), and the first answer on the clicked slice is more
-        than `reread` times that box's area, the clicks have chosen the smaller reading: its box (None otherwise)."""
+        than `reread` times that box's area, the clicks have chosen the smaller reading: its box (None otherwise).
+        After a distinct first reading (`_read_distinctly`), the most distinct of the same readings that qualifies
+        so and is at least `credible` times as distinct as the best."""
         if state.rounds != 1 or state.mask is None or self._direction(state, foreground, background) >= 0:
             return None
         ks = {int(k) for _, _, k in foreground}
@@ -457,7 +459,9 @@ class LimNetSegmenter:
         On a CT-sized slice the first click's guard may prefer the box search's small trusted answer (a vessel inside
         the liver) to the full-slice pass's large one. When the round after the first is positive clicks alone, all on
         the first click's slice, outside the first round's box and mask but inside that full-slice answer, the clicks
-        have chosen the larger reading: its box, if it is more than 1.5 times the first one (None otherwise)."""
+        have chosen the larger reading: its box, if it is more than 1.5 times the first one (None otherwise). After a
+        distinct first reading (`_read_distinctly`), the most distinct of the same readings that holds the new clicks,
+        is so much larger and at least `credible` times as distinct as the best."""
         if state.rounds != 1 or state.mask is None or state.box is None or \
                 self._direction(state, foreground, background) <= 0:
             return None
@@ -614,18 +618,28 @@ class LimNetSegmenter:
         whole slice, each with its extent and `distinctness`. The module answers every box with an object of about
         the box's scale (a patch of the liver in a small box, the body in the whole slice); the reading whose outline
         follows an edge in the image is the likeliest object. Answers the box cuts are left out."""
+        plane = image[:, :, k].astype(np.float32)
+        found_all = []
+        for box in self._growing_boxes(image, k, pos, start, grow):
+            found = self._clicked_component(image, box, k, pos, neg)
+            if found is not None and not self._cut_by(found[1], box, image.shape[:2]):
+                found_all.append((found[0], found[1], distinctness(plane, found[0])))
+        return found_all
+
+    @staticmethod
+    def _growing_boxes(image: np.ndarray, k: int, pos: list, start: int, grow: float):
+        """Boxes around the clicks on slice k from `start` pixels, each `grow` times the last, up to the whole slice;
+        those smaller than the slice that show no structure (inside a uniform region) are skipped."""
         h, w = image.shape[:2]
         px, py = [p[0] for p in pos], [p[1] for p in pos]
-        plane = image[:, :, k].astype(np.float32)
-        size, found_all = start, []
+        size = start
         while True:
             box = Box.around(min(px), max(px), min(py), max(py), 1.0, size).clamp_to((h, w))
-            if box.size >= max(h, w) or shows_structure(image, box, k):
-                found = self._clicked_component(image, box, k, pos, neg)
-                if found is not None and not self._cut_by(found[1], box, (h, w)):
-                    found_all.append((found[0], found[1], distinctness(plane, found[0])))
             if box.size >= max(h, w):
-                return found_all
+                yield box
+                return
+            if shows_structure(image, box, k):
+                yield box
             size = int(np.ceil(box.size * grow))
 
     def _distinct_extent(self, image: np.ndarray, k: int, pos: list,
@@ -647,13 +661,8 @@ class LimNetSegmenter:
         Without a trusted answer, the last component that kept off its box's edges; None if the clicks never fall
         on a component. With `with_trust`, (extent, whether it was trusted)."""
         h, w = image.shape[:2]
-        px, py = [p[0] for p in pos], [p[1] for p in pos]
-        size, previous, fallback = start, None, None
-        while True:
-            box = Box.around(min(px), max(px), min(py), max(py), 1.0, size).clamp_to((h, w))
-            if box.size < max(h, w) and not shows_structure(image, box, k):
-                size = int(np.ceil(box.size * grow))
-                continue
+        previous, fallback = None, None
+        for box in self._growing_boxes(image, k, pos, start, grow):
             found = self._clicked_component(image, box, k, pos, neg)
             current = None
             if found is not None:
@@ -669,9 +678,7 @@ class LimNetSegmenter:
                 if inter >= agree * union:
                     return (previous[1], True) if with_trust else previous[1]
             previous = current
-            if box.size >= max(h, w):
-                return (fallback, False) if with_trust else fallback
-            size = int(np.ceil(box.size * grow))
+        return (fallback, False) if with_trust else fallback
 
     # -- one round ---------------------------------------------------------------------------------------
     def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click],
