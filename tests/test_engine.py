@@ -613,3 +613,17 @@ def test_distinctness_prefers_an_object_to_a_patch_of_a_larger_one():
     body = ((xx - 100) ** 2 + (yy - 100) ** 2 < 90 ** 2) & ~organ
     whole, part, around = (distinctness(plane, m) for m in (organ, patch, body))
     assert whole > 2 * part and whole > 2 * around, (whole, part, around)
+
+
+def test_a_later_round_leaves_out_negative_clicks_far_outside_the_object():
+    """`ignore_outside`: a negative click outside the last box on no voxel of the last mask has nothing to remove
+    and must not widen the box; one inside the box, or on the mask beyond it, stays."""
+    from lib.engine.state import InteractionState
+
+    mask = np.zeros((100, 100, 5), bool, order="F")
+    mask[40:60, 40:60, 2] = True
+    mask[60:70, 45:50, 2] = True  # a leak beyond the box
+    state = InteractionState(image=np.zeros((100, 100, 5), np.float32), mask=mask, box=Box(35, 35, 26))
+    by_slice = {2: ([(50, 50)], [(45, 45), (65, 47), (90, 10)]), 4: ([], [(5, 5)]), 1: ([], [(50, 52)])}
+    kept = LimNetSegmenter._without_far_negatives(state, by_slice)
+    assert kept == {2: ([(50, 50)], [(45, 45), (65, 47)]), 1: ([], [(50, 52)])}

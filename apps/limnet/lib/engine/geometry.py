@@ -235,18 +235,17 @@ def shows_structure(volume: np.ndarray, box: Box, k: int, contrast: float = 8.0)
     return bool(hi - lo > contrast * noise + 1e-6)
 
 
-def distinctness(plane: np.ndarray, comp: np.ndarray, gradient: np.ndarray | None = None) -> float:
-    """How much a 2D component stands out from its surroundings: the share of the ring around it whose intensity lies
-    outside the middle 80% of its own (`bounded`'s measure) times how much stronger the intensity gradient is on its
-    outline than inside it (medians; `gradient`: the plane's gradient magnitude, computed here if not given).
-    Both are high for an object whose outline follows an edge, low for a patch of a larger region."""
+def distinctness(plane: np.ndarray, comp: np.ndarray) -> float:
+    """How much a 2D component stands out from its surroundings: the share of the ring 2-5 pixels around it whose
+    intensity lies outside the middle 80% of its own, times how much stronger the intensity gradient is on its
+    outline than inside it (medians). Both are high for an object whose outline follows an edge, low for a patch of a
+    larger region."""
     found = ndi.find_objects(comp.astype(np.uint8))
     if not found:
         return 0.0
     pad = 8  # the ring (5 pixels) and the gradient's reach: the rest of the plane does not matter
     crop = tuple(slice(max(s.start - pad, 0), s.stop + pad) for s in found[0])
-    plane, comp = plane[crop], comp[crop]
-    gradient = None if gradient is None else gradient[crop]
+    plane, comp = plane[crop].astype(np.float32), comp[crop]
     near = ndi.binary_dilation(comp, iterations=1)
     ring = ndi.binary_dilation(near, iterations=4) & ~near
     core = ndi.binary_erosion(comp)
@@ -259,8 +258,7 @@ def distinctness(plane: np.ndarray, comp: np.ndarray, gradient: np.ndarray | Non
     inner = ndi.binary_erosion(comp, iterations=2)
     if np.count_nonzero(inner) <= 4:
         return 0.0
-    if gradient is None:
-        gradient = ndi.gaussian_gradient_magnitude(plane.astype(np.float32), 1.0)
+    gradient = ndi.gaussian_gradient_magnitude(plane, 1.0)
     outline = comp & ~core
     return share * float(np.median(gradient[outline]) / (np.median(gradient[inner]) + 1e-6))
 
