@@ -433,24 +433,14 @@ class LimNetSegmenter:
         h, w = state.image.shape[:2]
         new = background[len(state.background):]
         if self._read_distinctly(state.image, k, pos):
-            readings = self._readings(state.image, k, pos, neg)
-            if not readings:
-                return None
-            area, best = np.count_nonzero(state.mask[:, :, k]), max(r[2] for r in readings)
-            boxes = [(Box.around(*extent, 1.5, 32).clamp_to((h, w)), score) for _, extent, score in readings
-                     if score >= self.credible * best]
-            boxes = [(b, score) for b, score in boxes if area > self.reread * min(b.size, h) * min(b.size, w)
-                     and not any(b.contains(int(x), int(y)) for x, y, _ in new)]
-            return max(boxes, key=lambda b: b[1])[0] if boxes else None
-        found, trusted = self._object_extent(state.image, k, pos, neg, with_trust=True)
-        if found is None or not trusted:
-            return None
-        box = Box.around(*found, 1.5, 32).clamp_to((h, w))
-        if any(box.contains(int(x), int(y)) for x, y, _ in new):
-            return None
-        if np.count_nonzero(state.mask[:, :, k]) <= self.reread * min(box.size, h) * min(box.size, w):
-            return None
-        return box
+            candidates = self._credible_boxes(self._readings(state.image, k, pos, neg), (h, w))
+        else:
+            found, trusted = self._object_extent(state.image, k, pos, neg, with_trust=True)
+            candidates = [(Box.around(*found, 1.5, 32).clamp_to((h, w)), None, 0.0)] if trusted else []
+        area = np.count_nonzero(state.mask[:, :, k])
+        fit = [(box, score) for box, _, score in candidates if area > self.reread * min(box.size, h) * min(box.size, w)
+               and not any(box.contains(int(x), int(y)) for x, y, _ in new)]
+        return max(fit, key=lambda b: b[1])[0] if fit else None
 
     def _larger_reading(self, state: InteractionState, foreground: list[Click],
                         background: list[Click]) -> Box | None:
@@ -475,19 +465,20 @@ class LimNetSegmenter:
             return None
         first = [(int(x), int(y)) for x, y, _ in state.foreground]
         if self._read_distinctly(state.image, k, first):
-            readings = self._readings(state.image, k, first, [])
-            if not readings:
-                return None
-            best = max(r[2] for r in readings)
-            boxes = [(Box.around(*extent, 1.5, 32).clamp_to(last.shape), score) for comp, extent, score in readings
-                     if score >= self.credible * best and all(comp[int(x), int(y)] for x, y, _ in new)]
-            boxes = [(b, score) for b, score in boxes if b.size > 1.5 * old.size]
-            return max(boxes, key=lambda b: b[1])[0] if boxes else None
-        full = self._full_slice_component(state.image, k, first, [])
-        if full is None or not all(full[0][int(x), int(y)] for x, y, _ in new):
-            return None
-        box = Box.around(*full[1], 1.5, 32).clamp_to(last.shape)
-        return box if box.size > 1.5 * old.size else None
+            candidates = self._credible_boxes(self._readings(state.image, k, first, []), last.shape)
+        else:
+            full = self._full_slice_component(state.image, k, first, [])
+            candidates = [] if full is None else [(Box.around(*full[1], 1.5, 32).clamp_to(last.shape), full[0], 0.0)]
+        fit = [(box, score) for box, comp, score in candidates
+               if box.size > 1.5 * old.size and all(comp[int(x), int(y)] for x, y, _ in new)]
+        return max(fit, key=lambda b: b[1])[0] if fit else None
+
+    def _credible_boxes(self, readings: list, shape: tuple[int, int]) -> list[tuple[Box, np.ndarray, float]]:
+        """(box 1.5 times the extent, component, distinctness) of the readings (`_readings`) at least `credible`
+        times as distinct as the most distinct one: the second round's choices after a distinct first reading."""
+        best = max((score for *_, score in readings), default=0.0)
+        return [(Box.around(*extent, 1.5, 32).clamp_to(shape), comp, score) for comp, extent, score in readings
+                if score >= self.credible * best]
 
     @staticmethod
     def _without_far_negatives(state: InteractionState,
