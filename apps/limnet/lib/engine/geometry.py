@@ -185,6 +185,11 @@ def extent_xy(mask: np.ndarray) -> tuple[int, int, int, int]:
     return xs.start, xs.stop - 1, ys.start, ys.stop - 1
 
 
+def extent_span(extent: tuple[int, int, int, int]) -> int:
+    """The larger side, in pixels, of an (xmin, xmax, ymin, ymax) extent."""
+    return max(extent[1] - extent[0], extent[3] - extent[2]) + 1
+
+
 Window = tuple[float, float]
 
 

@@ -24,6 +24,7 @@ from .geometry import (
     crop_slices,
     distinctness,
     enclosing_region,
+    extent_span,
     extent_xy,
     inner_edges_touched,
     label_3d,
@@ -356,8 +357,7 @@ class LimNetSegmenter:
                      implausible: float = 0.75) -> bool:
         """Whether a clicked component's (xmin, xmax, ymin, ymax) runs into an edge of `box` inside the image (the
         box cuts it) or spans more than `implausible` of the slice: the first click's guard (`_first_extent`)."""
-        span = max(extent[1] - extent[0], extent[3] - extent[2]) + 1
-        return LimNetSegmenter._cut_by(extent, box, shape) or span > implausible * max(shape)
+        return LimNetSegmenter._cut_by(extent, box, shape) or extent_span(extent) > implausible * max(shape)
 
     @staticmethod
     def _cut_by(extent: tuple[int, int, int, int], box: Box, shape: tuple[int, int]) -> bool:
@@ -549,10 +549,9 @@ class LimNetSegmenter:
                 implausible: float) -> tuple[bool, bool]:
         """Whether a first click's full-slice answer with this extent is checked by the search: (spans more than
         `implausible` of the slice or is None, spans more than `reduced_guard` of a CT-sized slice)."""
-        span = None if extent is None else max(extent[1] - extent[0], extent[3] - extent[2]) + 1
-        guarded = extent is None or span > implausible * max(shape)
+        guarded = extent is None or extent_span(extent) > implausible * max(shape)
         reduced = (not guarded and self.reduced_guard is not None and max(shape) >= 2 * self.size
-                   and span > self.reduced_guard * max(shape))
+                   and extent_span(extent) > self.reduced_guard * max(shape))
         return guarded, reduced
 
     def _read_distinctly(self, image: np.ndarray, k: int, pos: list) -> bool:
@@ -659,7 +658,7 @@ class LimNetSegmenter:
             if found is not None:
                 comp, extent = found
                 if not self._cut_by(extent, box, (h, w)):
-                    if max(extent[1] - extent[0], extent[3] - extent[2]) + 1 >= fill * box.size:
+                    if extent_span(extent) >= fill * box.size:
                         return (extent, True) if with_trust else extent
                     current = (comp, extent)
                     fallback = extent
