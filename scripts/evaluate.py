@@ -11,6 +11,7 @@ loop on the real-CT validation series instead (TotalSegmentator's DICOM test CT,
 be made there, never on the held-out set). `--set brainval` does the same for deep grey nuclei (thalamus, caudate,
 putamen, pallidum, each side, at 1 mm and the left ones on 3 mm slices) of deepmriprep's CAT12 T1 template with its
 IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a nucleus means the nucleus.
+`--set brainval2`: the same nuclei, both sides, on the template block-averaged to 2 mm isotropic.
 """
 
 from __future__ import annotations
@@ -49,9 +50,9 @@ def default_weights() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--set", choices=("heldout", "ctval", "brainval"), default="heldout",
+    p.add_argument("--set", choices=("heldout", "ctval", "brainval", "brainval2"), default="heldout",
                    help="held-out volumes (the benchmark), or for choices the real-CT validation series (ctval) or "
-                        "the deep grey nuclei of a brain MR template (brainval)")
+                        "the deep grey nuclei of a brain MR template (brainval; brainval2: at 2 mm)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     p.add_argument("--weights", default="")
     p.add_argument("--no-baseline", action="store_true")
@@ -81,6 +82,10 @@ def main() -> None:
         from lib.data.brainval import validation_cases as brain_cases
 
         pool = brain_cases()
+    elif args.set == "brainval2":
+        from lib.data.brainval import validation_cases as brain_cases
+
+        pool = brain_cases(shrink=4)
     else:
         pool = heldout_cases()
     cases = [c for c in pool if not wanted or c.name in wanted]

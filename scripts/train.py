@@ -42,8 +42,6 @@ def main() -> None:
     p.add_argument("--deep-update-only", action="store_true",
                    help="with --deep-update: train only the deep update, the rest of the memory model frozen")
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
-    p.add_argument("--low-res", action="store_true",
-                   help="also MNI152 targets at 2 mm and its deep grey structures (lib.data.real_targets)")
     p.add_argument("--totalseg", action="store_true",
                    help="add the organs of TotalSegmentator's real CT/MR test volumes (fetched once with pip)")
     p.add_argument("--threads", type=int, default=2)
@@ -71,8 +69,7 @@ def main() -> None:
     t = time.time()
     import numpy as np
 
-    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1 + 1000 * rank),
-                                                        low_res=args.low_res)
+    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1 + 1000 * rank))
     if args.totalseg:
         from lib.data.totalseg import training_cases
 

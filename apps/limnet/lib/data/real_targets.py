@@ -41,56 +41,18 @@ def _region_from_seed(rng: np.random.Generator, smooth: np.ndarray, head: np.nda
     return None
 
 
-def coarse(image: np.ndarray, label: np.ndarray, factor: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """The volume at `factor` times the voxel size in every direction (block average: partial volume, as a 2 mm
-    scan sees it), the label by majority."""
-    d = [s // factor for s in image.shape]
-    cut = tuple(slice(0, n * factor) for n in d)
-    shape = (d[0], factor, d[1], factor, d[2], factor)
-    img = image[cut].reshape(shape).mean((1, 3, 5))
-    lab = label[cut].astype(np.float32).reshape(shape).mean((1, 3, 5)) >= 0.5
-    return img.astype(np.float32), lab.astype(np.uint8)
-
-
-def deep_grey_structures(t1: np.ndarray, gm: np.ndarray, brain: np.ndarray, affine: np.ndarray,
-                         min_voxels: int = 5000) -> list[np.ndarray]:
-    """The compact grey structures deep in the brain (thalami, each side's striatum): grey matter inside a box
-    around the basal ganglia (MNI coordinates), 8 mm from the brain's surface, opened until thin grey bridges part.
-    A click in a nucleus means the nucleus, not the brain around it, nor the cortex it touches."""
-    inv = np.linalg.inv(affine)
-    lo = np.round(inv @ np.array([-34, -40, -14, 1]))[:3].astype(int)
-    hi = np.round(inv @ np.array([34, 30, 24, 1]))[:3].astype(int)
-    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
-    box = np.zeros(brain.shape, bool)
-    box[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = True
-    deep = ndi.binary_opening((gm > 0.5) & box & ~ndi.binary_dilation(~brain, iterations=8), iterations=4)
-    lab, n = ndi.label(deep)
-    sizes = np.bincount(lab.ravel())[1:]
-    return [lab == i + 1 for i in np.flatnonzero(sizes >= min_voxels)]
-
-
-def mni_training_cases(rng: np.random.Generator, n_regions: int = 48, low_res: bool = False):
-    """(normalised image, label) pairs: whole-volume tissue targets at 1 mm and thick slices, plus seeded regions.
-
-    `low_res`: also the deep grey structures (`deep_grey_structures`), and every whole-volume target and half the
-    seeded regions again at 2 mm (`coarse`): a 2 mm brain MR shows a nucleus a few pixels across, which the 1 mm
-    targets never show."""
+def mni_training_cases(rng: np.random.Generator, n_regions: int = 48):
+    """(normalised image, label) pairs: whole-volume tissue targets at 1 mm and thick slices, plus seeded regions."""
     from lib.training.samplers import Case
 
-    t1, gm, _, affine = mni152()
+    t1, _, _, _ = mni152()
     img = normalize_intensity(t1)
     cases = []
-    structures = list(mni152_structures().values())
-    if low_res:
-        structures += deep_grey_structures(t1, gm, mni152_structures()["brain"], affine)
-    for lab in structures:
+    for lab in mni152_structures().values():
         cases.append(Case(img, lab.astype(np.uint8)))
         f = int(rng.choice([2, 3, 5]))
         ti, tl = thick_slices(t1, lab, f)
         cases.append(Case(normalize_intensity(ti), tl))
-        if low_res:
-            ci, cl = coarse(t1, lab)
-            cases.append(Case(normalize_intensity(ci), cl))
     smooth = ndi.gaussian_filter(img, 1.0)
     head = smooth > 0.15
     for _ in range(n_regions):
@@ -103,8 +65,4 @@ def mni_training_cases(rng: np.random.Generator, n_regions: int = 48, low_res: b
         axis = int(rng.integers(3))  # any orientation: slices along the last axis after moving `axis` there
         crop, target = np.moveaxis(crop, axis, 2), np.moveaxis(target, axis, 2)
         cases.append(Case(np.ascontiguousarray(crop), np.ascontiguousarray(target.astype(np.uint8))))
-        if low_res and rng.random() < 0.5:
-            ci, cl = coarse(crop, target)
-            if cl.sum() >= 30:
-                cases.append(Case(np.ascontiguousarray(ci), cl))
     return cases
