@@ -78,14 +78,10 @@ def main() -> None:
         from lib.data.totalseg import validation_cases
 
         pool = validation_cases()
-    elif args.set == "brainval":
+    elif args.set in ("brainval", "brainval2"):
         from lib.data.brainval import validation_cases as brain_cases
 
-        pool = brain_cases()
-    elif args.set == "brainval2":
-        from lib.data.brainval import validation_cases as brain_cases
-
-        pool = brain_cases(shrink=4)
+        pool = brain_cases(shrink=4 if args.set == "brainval2" else 2)
     else:
         pool = heldout_cases()
     cases = [c for c in pool if not wanted or c.name in wanted]

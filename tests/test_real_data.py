@@ -42,7 +42,6 @@ def test_brain_validation_nuclei_lie_on_grey_matter_between_the_ventricles():
     assert thick.spacing[2] == 3.0 and abs(int(thick.label.sum()) * 3 - int(cases["brainval_putamen_left"].label.sum())) < 600
 
 
-
 def test_brain_validation_at_2_mm_holds_the_same_nuclei_an_eighth_the_voxels():
     from lib.data.brainval import validation_cases as brain_cases
 
@@ -53,6 +52,7 @@ def test_brain_validation_at_2_mm_holds_the_same_nuclei_an_eighth_the_voxels():
         assert c.spacing == (2.0, 2.0, 2.0) and c.image.shape[0] * 2 <= fine[name[:-4]].image.shape[0] + 1
         ratio = int(fine[name[:-4]].label.sum()) / int(c.label.sum())
         assert 5 < ratio < 12, (name, ratio)  # one largest component, block-shrunk 2x in each direction
+
 
 def test_negative_clicks_after_a_whole_body_answer_choose_the_smaller_reading(net):
     """Real CT, a click in a rib and one in the left back muscle: the first click's full-slice pass answers with the
