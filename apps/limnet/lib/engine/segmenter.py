@@ -326,8 +326,7 @@ class LimNetSegmenter:
             extent = self._object_extent(state.image, k, pos, neg)
             if extent is None:
                 return last
-            found = self._clicked_component(state.image, Box.around(*extent, 1.5, 32).clamp_to(last.shape), k, pos,
-                                            neg)
+            found = self._clicked_component(state.image, self._object_box(extent, last.shape), k, pos, neg)
         if found is None:
             return last
         return last | (self._like_object(state.image[:, :, k], last, found[0]) if self.added_like else found[0])
@@ -358,6 +357,12 @@ class LimNetSegmenter:
         """Whether a clicked component's (xmin, xmax, ymin, ymax) runs into an edge of `box` inside the image (the
         box cuts it) or spans more than `implausible` of the slice: the first click's guard (`_first_extent`)."""
         return LimNetSegmenter._cut_by(extent, box, shape) or extent_span(extent) > implausible * max(shape)
+
+    @staticmethod
+    def _object_box(extent: tuple[int, int, int, int], shape: tuple[int, int]) -> Box:
+        """The box a round answers an object of this (xmin, xmax, ymin, ymax) extent in: 1.5 times it, at least 32
+        pixels, inside an image of `shape`."""
+        return Box.around(*extent, 1.5, 32).clamp_to(shape)
 
     @staticmethod
     def _cut_by(extent: tuple[int, int, int, int], box: Box, shape: tuple[int, int]) -> bool:
@@ -436,7 +441,7 @@ class LimNetSegmenter:
             candidates = self._credible_boxes(self._readings(state.image, k, pos, neg), (h, w))
         else:
             found, trusted = self._object_extent(state.image, k, pos, neg, with_trust=True)
-            candidates = [(Box.around(*found, 1.5, 32).clamp_to((h, w)), None, 0.0)] if trusted else []
+            candidates = [(self._object_box(found, (h, w)), None, 0.0)] if trusted else []
         area = np.count_nonzero(state.mask[:, :, k])
         fit = [(box, score) for box, _, score in candidates if area > self.reread * min(box.size, h) * min(box.size, w)
                and not any(box.contains(int(x), int(y)) for x, y, _ in new)]
@@ -468,16 +473,16 @@ class LimNetSegmenter:
             candidates = self._credible_boxes(self._readings(state.image, k, first, []), last.shape)
         else:
             full = self._full_slice_component(state.image, k, first, [])
-            candidates = [] if full is None else [(Box.around(*full[1], 1.5, 32).clamp_to(last.shape), full[0], 0.0)]
+            candidates = [] if full is None else [(self._object_box(full[1], last.shape), full[0], 0.0)]
         fit = [(box, score) for box, comp, score in candidates
                if box.size > 1.5 * old.size and all(comp[int(x), int(y)] for x, y, _ in new)]
         return max(fit, key=lambda b: b[1])[0] if fit else None
 
     def _credible_boxes(self, readings: list, shape: tuple[int, int]) -> list[tuple[Box, np.ndarray, float]]:
-        """(box 1.5 times the extent, component, distinctness) of the readings (`_readings`) at least `credible`
+        """(`_object_box` of the extent, component, distinctness) of the readings (`_readings`) at least `credible`
         times as distinct as the most distinct one: the second round's choices after a distinct first reading."""
         best = max((score for *_, score in readings), default=0.0)
-        return [(Box.around(*extent, 1.5, 32).clamp_to(shape), comp, score) for comp, extent, score in readings
+        return [(self._object_box(extent, shape), comp, score) for comp, extent, score in readings
                 if score >= self.credible * best]
 
     @staticmethod
