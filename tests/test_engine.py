@@ -13,7 +13,7 @@ from lib.data.robot import dice, next_click
 from lib.engine.geometry import Box, bounding_box, crop_slices, distinctness, label_3d
 from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
 from lib.engine.round_fusion import RoundFusion
-from lib.engine.segmenter import LimNetSegmenter, propagation_precision
+from lib.engine.segmenter import LimNetSegmenter, Reading, propagation_precision
 from lib.net.bundle import WORKING_SIZE
 
 
@@ -478,13 +478,40 @@ def test_a_large_first_answer_holding_another_tissue_yields_to_the_search() -> N
     assert not LimNetSegmenter._holds_other_tissue(image, organ, (50, 110, 60, 120))  # a part of the organ
 
 
-def test_a_first_click_on_a_large_organ_in_a_ct_slice_does_not_take_the_body(net) -> None:
-    """A CT slice is seen reduced 4x by the whole-slice pass, which may answer with the organ and the body around
-    it; the guard for reduced slices finds the organ (the speed benchmark's largest object failed without it)."""
-    image, organ = ct_body_with_organ()
-    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
-    mask = seg.add_clicks(seg.new_state(image), [(241, 256, 12)], [])
-    assert dice(mask, organ) > 0.9
+def test_a_first_click_on_a_large_organ_in_a_ct_slice_finds_the_organ(net) -> None:
+    """A CT slice is seen reduced 4x by the whole-slice pass, which may answer with the organ and the body around it
+    or with a disc inside the organ: every first click on such a slice takes the most distinct of its readings
+    (`reduced_guard` 0), and the answer in the box that reading set yields to the reading where it lost part of the
+    organ (`keep_reading`). 18 first clicks on 6 stacks: with the rules before (`reduced_guard` 0.4, no
+    `keep_reading`) 1 found the organ (Dice > 0.85), median Dice 0.05; now 15, median 0.96. Three still fail: the most distinct
+    reading is a patch of the organ or the body, by a small margin."""
+    found = []
+    for seed in range(6):
+        image, organ = ct_body_with_organ(seed=seed)
+        for click in [(241, 256, 12), (256, 256, 12), (280, 230, 12)]:
+            seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+            found.append(dice(seg.add_clicks(seg.new_state(image), [click], []), organ))
+    assert sum(d > 0.85 for d in found) >= 14 and np.median(found) > 0.9, np.round(found, 2)
+
+
+def test_a_reading_the_round_box_lost_part_of_is_kept() -> None:
+    """`keep_reading`: the first round's prompt is the reading that set its box only where that reading, seen in a box
+    no larger, holds more than the box's answer and overlaps it by less than 0.6 (IoU)."""
+    seg = LimNetSegmenter.__new__(LimNetSegmenter)
+    seg.keep_reading, seg.size, seg.device = 0.6, WORKING_SIZE, torch.device("cpu")
+    box = Box(0, 0, WORKING_SIZE)  # working pixels are image pixels
+    whole = np.zeros((WORKING_SIZE, WORKING_SIZE), bool)
+    whole[20:100, 20:100] = True
+    disc = torch.zeros(WORKING_SIZE, WORKING_SIZE)
+    disc[50:70, 50:70] = 1.0
+    reading = Reading(whole, (20, 99, 20, 99), WORKING_SIZE)
+    kept = LimNetSegmenter._kept_reading(seg, disc, reading, box)
+    assert torch.equal(kept > 0.5, torch.from_numpy(whole))  # the answer lost most of it: the reading stands
+    wide = Reading(whole, (20, 99, 20, 99), 2 * WORKING_SIZE)
+    assert LimNetSegmenter._kept_reading(seg, disc, wide, box) is disc  # seen coarser than the box: the answer
+    small = Reading(disc.numpy() > 0.5, (50, 69, 50, 69), WORKING_SIZE)
+    big = torch.from_numpy(whole).float()
+    assert LimNetSegmenter._kept_reading(seg, big, small, box) is big  # a wider answer is the box's to give
 
 
 def test_an_added_part_keeps_only_what_looks_like_the_object() -> None:
