@@ -80,7 +80,6 @@ VARIANTS = {
     "guarded+window+rguard4+cov8": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                         window_coverage=0.8),
     "guarded+window+firstbox32": dict(box_search="guarded", local_window=True, first_box_min=32),
-    "guarded+window+rguard4-keep": dict(box_search="guarded", local_window=True, reduced_guard=0.4, keep_reading=None),
     "guarded+window-keep": dict(box_search="guarded", local_window=True, keep_reading=None),
     "guarded+window-old_first": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                      keep_reading=None, first_box_min=32),

@@ -483,8 +483,8 @@ def test_a_first_click_on_a_large_organ_in_a_ct_slice_finds_the_organ(net) -> No
     or with a disc inside the organ: every first click on such a slice takes the most distinct of its readings
     (`reduced_guard` 0), and the answer in the box that reading set yields to the reading where it lost part of the
     organ (`keep_reading`). 18 first clicks on 6 stacks: with the rules before (`reduced_guard` 0.4, no
-    `keep_reading`) 1 found the organ (Dice > 0.85), median Dice 0.05; now 15, median 0.96. Three still fail: the most distinct
-    reading is a patch of the organ or the body, by a small margin."""
+    `keep_reading`) 1 found the organ (Dice > 0.85), median Dice 0.05; now 15, median 0.96. Three still fail: the
+    most distinct reading is a patch of the organ or the body, by a small margin."""
     found = []
     for seed in range(6):
         image, organ = ct_body_with_organ(seed=seed)

@@ -588,7 +588,7 @@ class LimNetSegmenter:
         h, w = image.shape[:2]
         guarded, reduced = self._guards(None if full is None else full.extent, (h, w), implausible)
         if (guarded or reduced) and self._picks_distinct(h, w):
-            return self._distinct_reading(image, k, pos, neg) or full
+            return self._distinct_reading(image, k, pos, neg, full) or full
         if guarded:
             found, trusted = self._object_reading(image, k, pos, neg, with_trust=True)
             return found if trusted or full is None else full
@@ -647,23 +647,29 @@ class LimNetSegmenter:
 
     def _full_slice_component(self, image: np.ndarray, k: int, pos: list, neg: list) -> Reading | None:
         """The clicked component of one pass over the whole slice and its extent (`_clicked_component`)."""
-        h, w = image.shape[:2]
-        return self._clicked_component(image, Box.around(0, h - 1, 0, w - 1, 1.0, 8), k, pos, neg)
+        return self._clicked_component(image, self._whole_slice(image.shape[:2]), k, pos, neg)
+
+    @staticmethod
+    def _whole_slice(shape: tuple[int, int]) -> Box:
+        """The box of the whole-slice pass."""
+        return Box.around(0, shape[0] - 1, 0, shape[1] - 1, 1.0, 8)
 
     def _picks_distinct(self, h: int, w: int) -> bool:
         """Whether a first click on an h x w slice takes the most distinct of its readings (`first_pick`)."""
         return self.first_pick == "distinct" or (self.first_pick == "distinct_reduced" and max(h, w) >= 2 * self.size)
 
     def _readings(self, image: np.ndarray, k: int, pos: list, neg: list, start: int = 24,
-                  grow: float = 1.5) -> list[tuple[Reading, float]]:
+                  grow: float = 1.5, full: Reading | None = None) -> list[tuple[Reading, float]]:
         """The readings of the clicks on slice k: the interaction module's clicked component in boxes from small to the
         whole slice, each with its extent and `distinctness`. The module answers every box with an object of about
         the box's scale (a patch of the liver in a small box, the body in the whole slice); the reading whose outline
-        follows an edge in the image is the likeliest object. Answers the box cuts are left out."""
+        follows an edge in the image is the likeliest object. Answers the box cuts are left out. `full`: the
+        whole-slice pass's answer to the same clicks, if already computed (the ladder's last box is that pass's)."""
         plane = image[:, :, k].astype(np.float32)
+        whole = self._whole_slice(image.shape[:2])
         found_all = []
         for box in self._growing_boxes(image, k, pos, start, grow):
-            found = self._clicked_component(image, box, k, pos, neg)
+            found = full if full is not None and box == whole else self._clicked_component(image, box, k, pos, neg)
             if found is not None and not self._cut_by(found.extent, box, image.shape[:2]):
                 found_all.append((found, distinctness(plane, found.mask)))
         return found_all
@@ -684,9 +690,11 @@ class LimNetSegmenter:
                 yield box
             size = int(np.ceil(box.size * grow))
 
-    def _distinct_reading(self, image: np.ndarray, k: int, pos: list, neg: list) -> Reading | None:
-        """The most distinct reading of the clicks on slice k (`_readings`); None if the clicks fall on none."""
-        readings = self._readings(image, k, pos, neg)
+    def _distinct_reading(self, image: np.ndarray, k: int, pos: list, neg: list,
+                          full: Reading | None = None) -> Reading | None:
+        """The most distinct reading of the clicks on slice k (`_readings`, given the whole-slice pass's answer
+        `full` if known); None if the clicks fall on none."""
+        readings = self._readings(image, k, pos, neg, full=full)
         return max(readings, key=lambda r: r[1])[0] if readings else None
 
     def _object_reading(self, image: np.ndarray, k: int, pos: list, neg: list, start: int = 24,
