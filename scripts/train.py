@@ -32,6 +32,10 @@ def main() -> None:
     p.add_argument("--steps-memory", type=int, default=2500)
     p.add_argument("--steps-fusion", type=int, default=1500)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule) of each stage")
+    p.add_argument("--refine-prob", type=float, default=0.5,
+                   help="share of interaction batches trained after simulated correction rounds")
+    p.add_argument("--refine-rounds", type=int, default=1,
+                   help="up to this many correction rounds (drawn uniformly from 1) in such a batch")
     p.add_argument("--memory-length", type=int, default=4, help="slices per training sequence of the memory stage")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--seed", type=int, default=0)
@@ -93,7 +97,7 @@ def main() -> None:
     logging.info("training on %s", device)
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
-                          lr=args.lr)
+                          lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds)
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,

@@ -69,8 +69,13 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
-                      lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5) -> None:
-    """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device)."""
+                      lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5, refine_rounds: int = 1) -> None:
+    """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device).
+
+    With probability `refine_prob` a batch gets 1 to `refine_rounds` robot corrections on the module's own
+    predictions before the step (RITM-style iterative training): later rounds are where a user's negative clicks
+    must take back what the first answer took too much of.
+    """
     module = net.interaction.train()
     dev = next(module.parameters()).device
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
@@ -81,12 +86,14 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
         images, target, clicks = interaction_batch(cases(), rng, batch, WORKING_SIZE)
-        if rng.random() < refine_prob:  # one simulated correction round on the model's own prediction
-            with torch.no_grad():
-                module.eval()
-                pred = torch.sigmoid(module(interaction_inputs(images, clicks).to(dev))).cpu()
-                module.train()
-            clicks = add_error_clicks(pred, target, clicks)
+        if rng.random() < refine_prob:  # simulated correction rounds on the model's own predictions
+            rounds = 1 if refine_rounds <= 1 else int(rng.integers(1, refine_rounds + 1))
+            module.eval()
+            for _ in range(rounds):
+                with torch.no_grad():
+                    pred = torch.sigmoid(module(interaction_inputs(images, clicks).to(dev))).cpu()
+                clicks = add_error_clicks(pred, target, clicks)
+            module.train()
         loss = seg_loss(module(interaction_inputs(images, clicks).to(dev)), target.to(dev))
         opt.zero_grad()
         loss.backward()
