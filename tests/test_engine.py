@@ -45,6 +45,28 @@ def test_several_anchors_cover_the_slices_between(net, setup):
         assert k in out and slice_dice(out[k], label, box, k) > 0.7, k
 
 
+def test_anchor_values_are_encoded_once_per_slice_and_mask(net, setup, monkeypatch):
+    """Both sweeps remember every anchor, and a later round keeps most anchors: each anchor's memory value is
+    encoded once while its mask stays the same, and the answers are those of an uncached propagation."""
+    image, label, box, feats = setup
+    anchors = anchor_probs(label, box, [18, 36])
+    encode, calls = net.memory.encode_value, []
+    monkeypatch.setattr(net.memory, "encode_value", lambda *a: calls.append(1) or encode(*a))
+    fresh = SliceFeatures(net.memory, image, box, WORKING_SIZE, torch.device("cpu"))
+    first = propagate(net.memory, fresh, anchors)
+    n_first = len(calls)
+    again = propagate(net.memory, fresh, anchors)
+    assert n_first - (len(calls) - n_first) == len(anchors)  # the second round encodes no anchor
+    changed = {**anchors, 36: torch.zeros_like(anchors[36])}
+    calls.clear()
+    propagate(net.memory, fresh, changed)
+    uncached = propagate(net.memory, SliceFeatures(net.memory, image, box, WORKING_SIZE, torch.device("cpu")), changed)
+    assert len(calls) > 0  # the cleared anchor is encoded anew
+    assert sorted(first) == sorted(again)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert all(torch.equal(a, b) for a, b in zip(propagate(net.memory, fresh, changed).values(), uncached.values()))
+
+
 def test_half_precision_propagation_matches_float32(net, setup):
     """bfloat16 autocast (the CPU default where the hardware computes it), in both sweep threads: float32
     probabilities, the same slices reached and masks as float32 gives them, up to rounding at the edges."""

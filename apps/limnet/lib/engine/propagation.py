@@ -21,7 +21,8 @@ class SliceFeatures:
 
     Lives in the interaction state, so a later round in the same box re-encodes nothing. The two sweeps of a round
     may call `get` from two threads: each sweep encodes the chunk ahead of itself, so they rarely ask for the same
-    slice, and when they do (the anchors) both store the same tensors.
+    slice, and when they do (the anchors) both store the same tensors. The anchors' memory values are cached too
+    (`value`): both sweeps remember every anchor, and a later round keeps most anchors as they were.
     """
 
     def __init__(self, memory: MemoryModel, volume: np.ndarray, box: Box, size: int, device: torch.device,
@@ -29,6 +30,7 @@ class SliceFeatures:
         self.memory, self.volume, self.box, self.size, self.device, self.chunk = memory, volume, box, size, device, chunk
         self.window = window
         self.cache: dict[int, tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
+        self.values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # slice -> (anchor mask, its value)
 
     def get(self, k: int, direction: int = 1) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """(frame 1x3xSxS, key 1xCkxhxw, feats) of slice k; encodes the next `chunk` slices in `direction` too."""
@@ -43,6 +45,16 @@ class SliceFeatures:
             for i, j in enumerate(ks):
                 self.cache[j] = (frames[i : i + 1], keys[i : i + 1], [f[i : i + 1] for f in feats])
         return self.cache[k]
+
+    def value(self, k: int, mask: torch.Tensor) -> torch.Tensor:
+        """The memory value of slice k holding `mask` (1 x 1 x S x S), encoded once per slice and mask."""
+        hit = self.values.get(k)
+        if hit is not None and hit[0].dtype == mask.dtype and torch.equal(hit[0], mask):
+            return hit[1]
+        frame, _, feats = self.get(k)
+        value = self.memory.encode_value(frame, mask, feats[2])
+        self.values[k] = (mask.clone(), value)
+        return value
 
 
 @dataclass
@@ -105,8 +117,8 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
     bank = MemoryBank(cfg.working_capacity)
     values = {}
     for k in order:  # every prompted slice is a pinned memory anchor, the cleared ones too
-        frame, key, feats = features.get(k, direction)
-        values[k] = memory.encode_value(frame, anchors[k], feats[2])
+        _, key, _ = features.get(k, direction)
+        values[k] = features.value(k, anchors[k])
         bank.add(key.flatten(2), values[k].flatten(2), pinned=True)
     out: dict[int, torch.Tensor] = {}
     empty = settled = 0
