@@ -11,7 +11,9 @@ loop on the real-CT validation series instead (TotalSegmentator's DICOM test CT,
 be made there, never on the held-out set). `--set brainval` does the same for deep grey nuclei (thalamus, caudate,
 putamen, pallidum, each side, at 1 mm and the left ones on 3 mm slices) of deepmriprep's CAT12 T1 template with its
 IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a nucleus means the nucleus.
-`--set brainval2`: the same nuclei, both sides, on the template block-averaged to 2 mm isotropic.
+`--set brainval2`: the same nuclei, both sides, on the template block-averaged to 2 mm isotropic. `--set
+brainval256`: those of `brainval` on slices padded with air to 256 x 256 (a 256 mm field of view at 1 mm, which
+the server treats as CT-sized).
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def default_weights() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--set", choices=("heldout", "ctval", "brainval", "brainval2"), default="heldout",
+    p.add_argument("--set", choices=("heldout", "ctval", "brainval", "brainval2", "brainval256"), default="heldout",
                    help="held-out volumes (the benchmark), or for choices the real-CT validation series (ctval) or "
-                        "the deep grey nuclei of a brain MR template (brainval; brainval2: at 2 mm)")
+                        "the deep grey nuclei of a brain MR template (brainval; brainval2: at 2 mm; brainval256: "
+                        "at 1 mm on 256 x 256 slices, a scanner's field of view)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     p.add_argument("--weights", default="")
     p.add_argument("--no-baseline", action="store_true")
@@ -78,10 +81,10 @@ def main() -> None:
         from lib.data.totalseg import validation_cases
 
         pool = validation_cases()
-    elif args.set in ("brainval", "brainval2"):
+    elif args.set in ("brainval", "brainval2", "brainval256"):
         from lib.data.brainval import validation_cases as brain_cases
 
-        pool = brain_cases(shrink=4 if args.set == "brainval2" else 2)
+        pool = brain_cases(shrink=4 if args.set == "brainval2" else 2, fov=256 if args.set == "brainval256" else None)
     else:
         pool = heldout_cases()
     cases = [c for c in pool if not wanted or c.name in wanted]

@@ -2,6 +2,7 @@
 validation series never enters training."""
 
 import numpy as np
+import pytest
 
 from lib.data.totalseg import training_cases, validation_cases
 
@@ -52,6 +53,20 @@ def test_brain_validation_at_2_mm_holds_the_same_nuclei_an_eighth_the_voxels():
         assert c.spacing == (2.0, 2.0, 2.0) and c.image.shape[0] * 2 <= fine[name[:-4]].image.shape[0] + 1
         ratio = int(fine[name[:-4]].label.sum()) / int(c.label.sum())
         assert 5 < ratio < 12, (name, ratio)  # one largest component, block-shrunk 2x in each direction
+
+
+def test_brain_validation_in_a_256_field_of_view_is_the_same_brain_padded_with_air():
+    from lib.data.brainval import validation_cases as brain_cases
+
+    fine = {c.name: c for c in brain_cases()}
+    wide = {c.name: c for c in brain_cases(fov=256)}
+    assert sorted(wide) == sorted(f"{n}_fov256" for n in fine)
+    for name, c in wide.items():
+        f = fine[name[: -len("_fov256")]]
+        assert c.image.shape == (256, 256, f.image.shape[2]) and int(c.label.sum()) == int(f.label.sum())
+        assert float(c.image.sum()) == pytest.approx(float(f.image.sum()), rel=1e-6)  # only air added
+        world = lambda case: case.affine[:3, :3] @ np.argwhere(case.label).mean(0) + case.affine[:3, 3]  # noqa: E731
+        assert np.allclose(world(c), world(f), atol=1e-3), name  # the label stays where it was in the scanner
 
 
 def test_negative_clicks_after_a_whole_body_answer_choose_the_smaller_reading(net):

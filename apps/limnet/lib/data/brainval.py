@@ -35,10 +35,13 @@ def fetch(folder: str | None = None) -> str:
     return folder
 
 
-def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2) -> list[RealCase]:
+def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2,
+                     fov: int | None = None) -> list[RealCase]:
     """Left and right thalamus, caudate, putamen and pallidum on the template at 1 mm (block-averaged from 0.5 mm),
     and the left ones again on `thick` mm slices (partial volume). `shrink` 4: at 2 mm isotropic instead (names
-    end in "_2mm", no thick slices), as a 2 mm brain MR shows them: a pallidum a few pixels across."""
+    end in "_2mm", no thick slices), as a 2 mm brain MR shows them: a pallidum a few pixels across. `fov`: slices
+    padded with air to fov x fov pixels (names end in "_fov<fov>"), as a scanner's 256 mm field of view at 1 mm
+    shows the (skull-stripped) template: the same brain on a slice the interaction module sees reduced 2x."""
     import SimpleITK as sitk
 
     folder = fetch(folder)
@@ -49,15 +52,21 @@ def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2)
     labels = sitk.GetArrayFromImage(atlas).transpose(2, 1, 0)
     spacing, affine = tuple(float(s) for s in t1.GetSpacing()), ras_affine(t1)
     suffix = "" if shrink == 2 else f"_{spacing[0]:g}mm"
+    wide = "" if fov is None else f"_fov{fov}"
+    if fov is not None:
+        pad = [((fov - n) // 2, fov - n - (fov - n) // 2) if n < fov else (0, 0) for n in image.shape[:2]] + [(0, 0)]
+        image, labels = np.pad(image, pad), np.pad(labels, pad)
+        affine = affine.copy()
+        affine[:3, 3] -= affine[:3, :3] @ np.array([pad[0][0], pad[1][0], 0], dtype=np.float64)
     cases = []
     for name, ids in NUCLEI.items():
         for side, v in zip(("left", "right"), ids):
             mask = _largest(labels == v).astype(np.uint8)
-            cases.append(RealCase(f"brainval_{name}_{side}{suffix}", image, mask, spacing, affine, "MR"))
+            cases.append(RealCase(f"brainval_{name}_{side}{suffix}{wide}", image, mask, spacing, affine, "MR"))
             if side == "left" and thick > 1 and shrink == 2:
                 ti, tl = thick_slices(image, mask, thick)
                 aff = affine.copy()
                 aff[:3, 2] *= thick
-                cases.append(RealCase(f"brainval_{name}_{side}_{thick}mm", ti, tl, (*spacing[:2], spacing[2] * thick),
+                cases.append(RealCase(f"brainval_{name}_{side}_{thick}mm{wide}", ti, tl, (*spacing[:2], spacing[2] * thick),
                                       aff, "MR"))
     return cases
