@@ -537,9 +537,14 @@ class LimNetSegmenter:
     def _credible_boxes(self, readings: list, shape: tuple[int, int]) -> list[tuple[Box, np.ndarray, float]]:
         """(`_object_box` of the extent, component, distinctness) of the readings (`_readings`) at least `credible`
         times as distinct as the most distinct one: the second round's choices after a distinct first reading."""
+        return [(self._object_box(reading.extent, shape), reading.mask, score)
+                for reading, score in self._near_best(readings, self.credible)]
+
+    @staticmethod
+    def _near_best(readings: list[tuple[Reading, float]], share: float) -> list[tuple[Reading, float]]:
+        """The (reading, distinctness) pairs at least `share` times as distinct as the most distinct one."""
         best = max((score for _, score in readings), default=0.0)
-        return [(self._object_box(reading.extent, shape), reading.mask, score) for reading, score in readings
-                if score >= self.credible * best]
+        return [(reading, score) for reading, score in readings if score >= share * best]
 
     @staticmethod
     def _without_far_negatives(state: InteractionState,
@@ -703,15 +708,14 @@ class LimNetSegmenter:
     def _distinct_reading(self, image: np.ndarray, k: int, pos: list, neg: list,
                           full: Reading | None = None) -> Reading | None:
         """The most distinct reading of the clicks on slice k (`_readings`, given the whole-slice pass's answer
-        `full` if known); None if the clicks fall on none."""
+        `full` if known; with `distinct_tolerance`, the smallest of those near it); None if the clicks fall on none."""
         readings = self._readings(image, k, pos, neg, full=full)
         if not readings:
             return None
         if self.distinct_tolerance is None:
             return max(readings, key=lambda r: r[1])[0]
-        best = max(d for _, d in readings)
-        near = [r for r, d in readings if d >= self.distinct_tolerance * best]
-        return min(near, key=lambda r: np.count_nonzero(r.mask))
+        near = self._near_best(readings, self.distinct_tolerance)
+        return min((reading for reading, _ in near), key=lambda r: np.count_nonzero(r.mask))
 
     def _object_reading(self, image: np.ndarray, k: int, pos: list, neg: list, start: int = 24,
                         grow: float = 1.5, agree: float = 0.6, fill: float = 0.4, with_trust: bool = False):
