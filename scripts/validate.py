@@ -82,6 +82,7 @@ VARIANTS = {
     "guarded+window+firstbox32": dict(box_search="guarded", local_window=True, first_box_min=32),
     "guarded+window-keep": dict(box_search="guarded", local_window=True, keep_reading=None),
     "guarded+window+tol9": dict(box_search="guarded", local_window=True, distinct_tolerance=0.9),
+    "guarded+window-kbox": dict(box_search="guarded", local_window=True, keep_in_box=False),
     "guarded+window-old_first": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                      keep_reading=None, first_box_min=32),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),

@@ -338,6 +338,32 @@ def test_a_slice_not_clicked_again_can_keep_its_answer(net) -> None:
     assert seg._answered(InteractionState(image=state.image), 2, [(6, 6)], []) is None  # first round
 
 
+def test_a_slice_not_clicked_again_keeps_its_prompt_in_the_same_box(net) -> None:
+    """`keep_in_box` (the default): an earlier clicked slice without new clicks is prompted with the last round's
+    mask there while the round works in the last round's box, edits included (here: the part a negative click took
+    off a disc); in another box it is answered afresh."""
+    from lib.engine.state import InteractionState
+
+    rng = np.random.default_rng(0)
+    x, y = np.ogrid[:64, :64]
+    disc = ((x - 32) ** 2 + (y - 32) ** 2 < 12**2)[:, :, None] & (np.arange(12) > 0)
+    image = (0.2 + 0.6 * disc + rng.normal(0, 0.03, disc.shape)).astype(np.float32)
+    last = disc.copy()
+    last[:, 36:, 6] = False  # what a negative click at (32, 40) took on slice 6
+    box = Box(0, 0, 64)
+    state = InteractionState(image=image, mask=last, foreground=[(32, 28, 6)], background=[(32, 40, 6)], box=box)
+    pos, neg = [(32, 28)], [(32, 40)]
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    kept = seg._anchor(state, box, 6, pos, neg)
+    assert torch.equal(kept, seg._working(last[:, :, 6], box)), "same box, same clicks: the last mask, edit and all"
+    other = Box(4, 4, 56)
+    fresh = seg._anchor(state, other, 6, pos, neg)
+    assert torch.equal(fresh, seg._fresh_anchor(state, other, 6, pos, neg))
+    assert not torch.equal(fresh, seg._working(last[:, :, 6], other)), "another box: answered again"
+    off = LimNetSegmenter(net, "cpu", use_fusion=False, keep_in_box=False)
+    assert torch.equal(off._anchor(state, box, 6, pos, neg), off._fresh_anchor(state, box, 6, pos, neg))
+
+
 def test_an_added_part_cut_by_the_box_or_spanning_the_slice_is_implausible() -> None:
     """`guard_adds`: a positive click's added part is checked as a first click's answer is: the box cuts it where
     it reaches an edge of the box inside the image (not at the image's border), or it spans most of the slice."""
