@@ -83,6 +83,7 @@ VARIANTS = {
     "guarded+window-keep": dict(box_search="guarded", local_window=True, keep_reading=None),
     "guarded+window+tol9": dict(box_search="guarded", local_window=True, distinct_tolerance=0.9),
     "guarded+window-kbox": dict(box_search="guarded", local_window=True, keep_in_box=False),
+    "guarded+window-inner": dict(box_search="guarded", local_window=True, inner_pick=None),
     "guarded+window-old_first": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                      keep_reading=None, first_box_min=32),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
@@ -101,6 +102,8 @@ VARIANTS = {
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", type=int, default=4, help="cases per kind")
+    p.add_argument("--first-case", type=int, default=0,
+                   help="index of the first case per kind (fresh cases for checking a choice made on the first ones)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--weights", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"),
@@ -131,7 +134,7 @@ def main() -> None:
         raise SystemExit("two runs share a name: give the weights files different names")
     dice: dict[str, dict[str, list[list[float]]]] = {n: {k: [] for k in kinds} for n in names}
     t0 = time.time()
-    for i in range(args.cases):
+    for i in range(args.first_case, args.first_case + args.cases):
         for j, kind in enumerate(VALIDATION_KINDS):
             if kind not in kinds:
                 continue
@@ -142,7 +145,7 @@ def main() -> None:
                 run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, args.rounds, case.spacing)
                 d = run.dice + [run.dice[-1]] * (args.rounds - len(run.dice))
                 dice[name][kind].append(d)
-        print(f"# {i + 1}/{args.cases} cases per kind, {time.time() - t0:.0f}s", flush=True)
+        print(f"# {i + 1 - args.first_case}/{args.cases} cases per kind, {time.time() - t0:.0f}s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dice, f)

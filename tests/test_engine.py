@@ -526,6 +526,39 @@ def test_a_large_first_answer_holding_another_tissue_yields_to_the_search() -> N
     assert not LimNetSegmenter._holds_other_tissue(image, organ, (50, 110, 60, 120))  # a part of the organ
 
 
+def test_an_inner_structure_is_another_tissue_with_an_edge_inside_the_answer() -> None:
+    """`inner_pick`: the search's smaller answer is a structure inside the first answer (a lesion in an organ) when
+    it differs in intensity from the rest and its outline follows an edge; a patch of the same tissue is not."""
+    rng = np.random.default_rng(0)
+    x, y = np.ogrid[:100, :100]
+    organ = (x - 50) ** 2 + (y - 50) ** 2 < 30**2
+    lesion = (x - 55) ** 2 + (y - 45) ** 2 < 6**2
+    image = 0.2 + 0.3 * organ + 0.3 * lesion + rng.normal(0, 0.01, (100, 100))
+    assert LimNetSegmenter._inner_structure(image, organ, lesion, 3.0)
+    patch = (x - 40) ** 2 + (y - 60) ** 2 < 6**2  # inside the organ, away from the lesion
+    assert not LimNetSegmenter._inner_structure(image, organ, patch, 3.0)
+    speck = (x - 40) ** 2 + (y - 60) ** 2 < 3**2
+    assert not LimNetSegmenter._inner_structure(image, lesion | speck, lesion, 3.0), "more than half the answer"
+    faint = 0.2 + 0.3 * organ + 0.3 * ndi.gaussian_filter(lesion.astype(float), 6) + rng.normal(0, 0.01, (100, 100))
+    assert not LimNetSegmenter._inner_structure(faint, organ, lesion, 3.0), "no edge on its outline"
+
+
+def test_a_first_click_in_a_lesion_inside_an_organ_finds_the_lesion(net) -> None:
+    """A generated validation case (nested, seed 777000 + 100 * 18 + 4): a 240-pixel lesion inside an organ. The
+    whole-slice pass answers with the organ; the search's answer, the lesion, is another tissue with an edge, and
+    wins (`inner_pick`)."""
+    from lib.data.synthetic import generate_case
+
+    case = generate_case(np.random.default_rng(777_000 + 100 * 18 + 4), "nested")
+    gt = case.label > 0
+    click, _ = next_click(np.zeros(gt.shape, bool), gt, case.spacing)
+    results = {}
+    for pick in (3.0, None):
+        seg = LimNetSegmenter(net, "cpu", use_fusion=False, inner_pick=pick)
+        results[pick] = dice(seg.add_clicks(seg.new_state(case.image), [click], []), gt)
+    assert results[3.0] > 0.9 and results[None] < 0.3, results
+
+
 def test_a_first_click_on_a_large_organ_in_a_ct_slice_finds_the_organ(net) -> None:
     """A CT slice is seen reduced 4x by the whole-slice pass, which may answer with the organ and the body around it
     or with a disc inside the organ: every first click on such a slice takes the most distinct of its readings
