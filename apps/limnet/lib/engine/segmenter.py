@@ -86,7 +86,7 @@ class LimNetSegmenter:
                  ignore_outside: bool = True, first_box_min: int = 24,
                  keep_reading: float | None = 0.6, ct_sized: float = 2.0,
                  distinct_tolerance: float | None = None, keep_in_box: bool = True,
-                 inner_pick: float | None = 3.0, inner_reduced: bool = False) -> None:
+                 inner_pick: float | None = 3.0) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_reading`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -232,7 +232,7 @@ class LimNetSegmenter:
         self.follow = follow
         self.first_box_min, self.keep_reading, self.ct_sized = first_box_min, keep_reading, ct_sized
         self.distinct_tolerance, self.keep_in_box = distinct_tolerance, keep_in_box
-        self.inner_pick, self.inner_reduced = inner_pick, inner_reduced
+        self.inner_pick = inner_pick
         self.bridge_gaps = bridge_gaps
         self.clicked_only, self.fragments, self.keep_answered = clicked_only, fragments, keep_answered
         self.guard_adds = guard_adds
@@ -625,12 +625,7 @@ class LimNetSegmenter:
         h, w = image.shape[:2]
         guarded, reduced = self._guards(None if full is None else full.extent, (h, w), implausible)
         if (guarded or reduced) and self._picks_distinct(h, w):
-            picked = self._distinct_reading(image, k, pos, neg, full) or full
-            if self.inner_reduced and self.inner_pick is not None and picked is not None:
-                found, trusted = self._object_reading(image, k, pos, neg, with_trust=True)
-                if trusted and self._inner_structure(image[:, :, k], picked.mask, found.mask, self.inner_pick):
-                    return found
-            return picked
+            return self._distinct_reading(image, k, pos, neg, full) or full
         if guarded:
             found, trusted = self._object_reading(image, k, pos, neg, with_trust=True)
             return found if trusted or full is None else full
