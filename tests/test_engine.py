@@ -528,7 +528,8 @@ def test_a_large_first_answer_holding_another_tissue_yields_to_the_search() -> N
 
 def test_an_inner_structure_is_another_tissue_with_an_edge_inside_the_answer() -> None:
     """`inner_pick`: the search's smaller answer is a structure inside the first answer (a lesion in an organ) when
-    it differs in intensity from the rest and its outline follows an edge; a patch of the same tissue is not."""
+    it differs in intensity from what surrounds it and its outline follows an edge; a patch of the same tissue is
+    not."""
     rng = np.random.default_rng(0)
     x, y = np.ogrid[:100, :100]
     organ = (x - 50) ** 2 + (y - 50) ** 2 < 30**2
