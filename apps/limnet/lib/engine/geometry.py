@@ -226,6 +226,12 @@ def box_window(volume: np.ndarray, box: Box, slices, low: float = 0.5, high: flo
     return float(lo), float(hi)
 
 
+def robust_spread(values: np.ndarray) -> float:
+    """The standard deviation of a normal sample with these values' median absolute deviation: a spread that a
+    few outliers (another tissue, an edge) do not move."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
+
+
 def shows_structure(volume: np.ndarray, box: Box, k: int, contrast: float = 8.0) -> bool:
     """Whether slice k inside `box` holds more than noise: its intensity range (0.5-99.5 percentiles) exceeds
     `contrast` times the noise level (robust spread of neighbouring-pixel differences). A box inside a uniform
@@ -235,7 +241,7 @@ def shows_structure(volume: np.ndarray, box: Box, k: int, contrast: float = 8.0)
     if region.shape[0] < 2 or region.shape[1] < 2:
         return False
     d = np.diff(region, axis=0).ravel()
-    noise = 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
+    noise = robust_spread(d) / np.sqrt(2)
     lo, hi = np.percentile(region, [0.5, 99.5])
     return bool(hi - lo > contrast * noise + 1e-6)
 

@@ -35,6 +35,7 @@ from .geometry import (
     paste_mask,
     paste_slices,
     region_union,
+    robust_spread,
     shows_structure,
 )
 from .propagation import PropagationConfig, SliceFeatures, propagate
@@ -654,7 +655,7 @@ class LimNetSegmenter:
         if ring.sum() < 4:
             return False
         a, b = image[inner].astype(np.float32), image[ring].astype(np.float32)
-        noise = max(1.4826 * float(np.median(np.abs(v - np.median(v)))) for v in (a, b))
+        noise = max(robust_spread(a), robust_spread(b))
         if abs(float(np.median(a)) - float(np.median(b))) <= contrast * max(noise, 1e-6):
             return False
         return distinctness(image, inner) >= contrast
@@ -690,7 +691,7 @@ class LimNetSegmenter:
             return True  # the smaller answer lies elsewhere: nothing to compare, the search's rule stands
         if outer.size < 4:
             return False
-        spread = 1.4826 * float(np.median(np.abs(inner - np.median(inner))))
+        spread = robust_spread(inner)
         return abs(float(np.median(outer)) - float(np.median(inner))) > spread
 
     def _clicked_component(self, image: np.ndarray, box: Box, k: int, pos: list, neg: list) -> Reading | None:
