@@ -36,6 +36,9 @@ def main() -> None:
                    help="share of interaction batches trained after simulated correction rounds")
     p.add_argument("--refine-rounds", type=int, default=1,
                    help="up to this many correction rounds (drawn uniformly from 1) in such a batch")
+    p.add_argument("--box-scale", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="interaction stage: training boxes LO to HI times the object (log-uniform; default 1.25-2.5, "
+                        "uniform)")
     p.add_argument("--memory-length", type=int, default=4, help="slices per training sequence of the memory stage")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--seed", type=int, default=0)
@@ -97,7 +100,8 @@ def main() -> None:
     logging.info("training on %s", device)
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
-                          lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds)
+                          lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds,
+                          **({"box_scale": tuple(args.box_scale)} if args.box_scale else {}))
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,

@@ -26,10 +26,17 @@ def _object_slices(label: np.ndarray, min_area: int = 1) -> np.ndarray:
     return np.nonzero(label.sum((0, 1)) >= min_area)[0]
 
 
-def _jittered_box(rng: np.random.Generator, mask2d: np.ndarray, shape: tuple[int, int]) -> Box:
+BOX_SCALE = (1.25, 2.5)  # the box's size over the object's, as a round's box (1.4-1.5 times the extent) sees it
+
+
+def _jittered_box(rng: np.random.Generator, mask2d: np.ndarray, shape: tuple[int, int],
+                  scale: tuple[float, float] = BOX_SCALE) -> Box:
+    """A training box: the whole slice (a fifth of the time), else a square `scale` times the object, shifted. A
+    range other than the default is drawn log-uniform, so that wide ranges do not favour the large end."""
     if rng.random() < 0.2:  # the coarse first pass sees the whole slice
         return Box.around(0, shape[0] - 1, 0, shape[1] - 1, 1.0, 8)
-    box = Box.of_mask(mask2d, rng.uniform(1.25, 2.5), 24)
+    factor = rng.uniform(*scale) if scale == BOX_SCALE else float(np.exp(rng.uniform(*np.log(scale))))
+    box = Box.of_mask(mask2d, factor, 24)
     shift = (rng.uniform(-0.15, 0.15, 2) * box.size).astype(int)
     return Box(box.x0 + int(shift[0]), box.y0 + int(shift[1]), box.size)
 
@@ -49,15 +56,17 @@ def deepest_point(region: np.ndarray) -> tuple[int, ...]:
     return tuple(int(v) for v in np.unravel_index(np.argmax(d), d.shape))
 
 
-def interaction_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int):
-    """Inputs (B x 3 x S x S slices), targets (B x 1 x S x S) and the click lists in working coordinates."""
+def interaction_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int,
+                      box_scale: tuple[float, float] = BOX_SCALE):
+    """Inputs (B x 3 x S x S slices), targets (B x 1 x S x S) and the click lists in working coordinates
+    (`box_scale`: see `_jittered_box`)."""
     images, targets, clicks = [], [], []
     for _ in range(batch):
         case = cases[rng.integers(len(cases))]
         ks = _object_slices(case.label)
         k = int(ks[rng.integers(len(ks))])
         m = case.label[:, :, k] > 0
-        box = _jittered_box(rng, m, m.shape)
+        box = _jittered_box(rng, m, m.shape, box_scale)
         ks3 = neighbour_indices(k, case.image.shape[2])
         images.append(crop_slices(case.image, box, ks3, size, box_window(case.image, box, ks3))[0])
         targets.append(crop_slices(case.label.astype(np.float32), box, np.array([[k]]), size)[0])

@@ -14,6 +14,7 @@ from lib.net.bundle import WORKING_SIZE, LimNet
 
 from .losses import seg_loss
 from .samplers import (
+    BOX_SCALE,
     Case,
     add_error_clicks,
     interaction_batch,
@@ -69,7 +70,8 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
-                      lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5, refine_rounds: int = 1) -> None:
+                      lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5, refine_rounds: int = 1,
+                      box_scale: tuple[float, float] = BOX_SCALE) -> None:
     """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device).
 
     With probability `refine_prob` a batch gets 1 to `refine_rounds` robot corrections on the module's own
@@ -85,7 +87,7 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
     for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
-        images, target, clicks = interaction_batch(cases(), rng, batch, WORKING_SIZE)
+        images, target, clicks = interaction_batch(cases(), rng, batch, WORKING_SIZE, box_scale)
         if rng.random() < refine_prob:  # simulated correction rounds on the model's own predictions
             rounds = 1 if refine_rounds <= 1 else int(rng.integers(1, refine_rounds + 1))
             module.eval()
