@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 from lib.data.real_targets import mni_training_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 from lib.training.pool import CasePool  # noqa: E402
+from lib.training.samplers import BOX_SCALE, BoxScale  # noqa: E402
 from lib.training.stages import train_interaction, train_memory  # noqa: E402
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds,
-                          **({"box_scale": tuple(args.box_scale)} if args.box_scale else {}))
+                          box_scale=BoxScale(*args.box_scale, log=True) if args.box_scale else BOX_SCALE)
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lib.training.samplers import BOX_SCALE, _jittered_box
+from lib.training.samplers import BOX_SCALE, BoxScale, _jittered_box
 
 
-def _scales(scale: tuple[float, float], n: int = 400) -> np.ndarray:
+def _scales(scale: BoxScale, n: int = 400) -> np.ndarray:
     rng = np.random.default_rng(0)
     mask = np.zeros((400, 400), bool)
     mask[180:220, 185:215] = True  # 40 pixels across: the box's size over 40 is its scale
@@ -23,6 +23,6 @@ def test_training_boxes_span_the_default_scale_uniformly():
 
 
 def test_a_wider_box_scale_is_drawn_log_uniform():
-    s = _scales((1.25, 4.0))
+    s = _scales(BoxScale(1.25, 4.0, log=True))
     assert s.min() >= 1.2 and s.max() <= 4.05 and s.max() > 3.5
     assert abs(np.median(s) - np.sqrt(1.25 * 4.0)) < 0.25  # log-uniform: the geometric middle (2.24), not 2.6

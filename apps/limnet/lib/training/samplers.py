@@ -26,17 +26,30 @@ def _object_slices(label: np.ndarray, min_area: int = 1) -> np.ndarray:
     return np.nonzero(label.sum((0, 1)) >= min_area)[0]
 
 
-BOX_SCALE = (1.25, 2.5)  # the box's size over the object's, as a round's box (1.4-1.5 times the extent) sees it
+@dataclass(frozen=True)
+class BoxScale:
+    """How large a training box is against its object: `lo` to `hi` times it, drawn uniform or, with `log`,
+    log-uniform (a wide range then does not favour its large end)."""
+
+    lo: float = 1.25
+    hi: float = 2.5
+    log: bool = False
+
+    def draw(self, rng: np.random.Generator) -> float:
+        if self.log:
+            return float(np.exp(rng.uniform(np.log(self.lo), np.log(self.hi))))
+        return float(rng.uniform(self.lo, self.hi))
+
+
+BOX_SCALE = BoxScale()  # the committed weights' boxes, about as a round's box (1.4-1.5 times the extent) sees it
 
 
 def _jittered_box(rng: np.random.Generator, mask2d: np.ndarray, shape: tuple[int, int],
-                  scale: tuple[float, float] = BOX_SCALE) -> Box:
-    """A training box: the whole slice (a fifth of the time), else a square `scale` times the object, shifted. A
-    range other than the default is drawn log-uniform, so that wide ranges do not favour the large end."""
+                  scale: BoxScale = BOX_SCALE) -> Box:
+    """A training box: the whole slice (a fifth of the time), else a square `scale` times the object, shifted."""
     if rng.random() < 0.2:  # the coarse first pass sees the whole slice
         return Box.around(0, shape[0] - 1, 0, shape[1] - 1, 1.0, 8)
-    factor = rng.uniform(*scale) if scale == BOX_SCALE else float(np.exp(rng.uniform(*np.log(scale))))
-    box = Box.of_mask(mask2d, factor, 24)
+    box = Box.of_mask(mask2d, scale.draw(rng), 24)
     shift = (rng.uniform(-0.15, 0.15, 2) * box.size).astype(int)
     return Box(box.x0 + int(shift[0]), box.y0 + int(shift[1]), box.size)
 
@@ -57,7 +70,7 @@ def deepest_point(region: np.ndarray) -> tuple[int, ...]:
 
 
 def interaction_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int,
-                      box_scale: tuple[float, float] = BOX_SCALE):
+                      box_scale: BoxScale = BOX_SCALE):
     """Inputs (B x 3 x S x S slices), targets (B x 1 x S x S) and the click lists in working coordinates
     (`box_scale`: see `_jittered_box`)."""
     images, targets, clicks = [], [], []

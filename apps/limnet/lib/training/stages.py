@@ -15,6 +15,7 @@ from lib.net.bundle import WORKING_SIZE, LimNet
 from .losses import seg_loss
 from .samplers import (
     BOX_SCALE,
+    BoxScale,
     Case,
     add_error_clicks,
     interaction_batch,
@@ -71,7 +72,7 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
                       lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5, refine_rounds: int = 1,
-                      box_scale: tuple[float, float] = BOX_SCALE) -> None:
+                      box_scale: BoxScale = BOX_SCALE) -> None:
     """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device).
 
     With probability `refine_prob` a batch gets 1 to `refine_rounds` robot corrections on the module's own
