@@ -32,7 +32,7 @@ def probe_uncertainty(segmenter: LimNetSegmenter, volume: np.ndarray) -> float:
     state = segmenter.new_state(volume)
     centre = tuple(s // 2 for s in volume.shape)
     segmenter.add_clicks(state, [centre], [])
-    return state.uncertainty
+    return segmenter.mask_entropy(state.probs)  # here, not in every round: only this probe reads it
 
 
 class ProbeUncertaintyScoring(ScoringMethod):

@@ -839,7 +839,6 @@ class LimNetSegmenter:
             state.probs = {**last, **probs} if last is not None and span is not None else probs
             state.probs_features = state.features
             break
-        state.uncertainty = self.mask_entropy(state.probs)
         first = state.mask is None  # only a first round follows the object out of its box (see `follow`)
         follow = self.follow if follow is None else follow
         pieces = (self._follow(state, box, probs, span, follow, sorted(by_slice)) if follow and first

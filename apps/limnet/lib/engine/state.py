@@ -41,14 +41,13 @@ class RoundRecord:
     bits: np.ndarray
     box: Box | None
     rounds: int
-    uncertainty: float
     settings: tuple
 
     @staticmethod
     def of(state: "InteractionState") -> "RoundRecord":
         block = state.mask[state.region].ravel(order="F")  # the mask is Fortran-ordered: this order reads it in turn
         return RoundRecord(tuple(state.foreground), tuple(state.background), state.region, np.packbits(block),
-                           state.box, state.rounds, state.uncertainty, state.settings)
+                           state.box, state.rounds, state.settings)
 
     def mask(self, shape: tuple[int, ...]) -> np.ndarray:
         """The round's mask as `add_clicks` returned it (bool, Fortran order)."""
@@ -73,7 +72,6 @@ class InteractionState:
     probs: dict | None = None  # last round's working-grid probabilities per slice (before pasting and fusion)
     probs_features: object | None = None  # the SliceFeatures `probs` were computed on
     rounds: int = 0
-    uncertainty: float = 0.0  # mean mask entropy of the last round (active learning's signal)
     settings: tuple = ()  # the options the last round ran with (MRF on, follow), as `add_clicks` took them
     history: list[RoundRecord] = field(default_factory=list)  # the last rounds, oldest first (`rewind`)
 
@@ -115,7 +113,7 @@ class InteractionState:
         if record.rounds != self.rounds:
             self.mask = record.mask(self.image.shape)
             self.region, self.box, self.rounds = record.region, record.box, record.rounds
-            self.uncertainty, self.settings = record.uncertainty, record.settings
+            self.settings = record.settings
             self.foreground, self.background = list(record.foreground), list(record.background)
             self.probs = self.probs_features = None  # the later round's probabilities no longer describe the mask
             del self.history[i + 1:]
