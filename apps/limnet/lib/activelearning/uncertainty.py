@@ -11,6 +11,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+import torch
 from monai.transforms import LoadImage
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
@@ -28,11 +29,21 @@ def _weights(paths: Sequence[str]) -> str | None:
     return next((p for p in reversed(paths) if os.path.exists(p)), None)
 
 
+def mask_entropy(probs: dict[int, torch.Tensor]) -> float:
+    """Mean binary entropy (bits) over the soft object region of every reached slice; 1 if nothing was found."""
+    p = torch.stack(list(probs.values())).float().clamp(1e-6, 1 - 1e-6)
+    region = p > 0.05
+    if not region.any():
+        return 1.0
+    h = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+    return float(h[region].mean())
+
+
 def probe_uncertainty(segmenter: LimNetSegmenter, volume: np.ndarray) -> float:
     state = segmenter.new_state(volume)
     centre = tuple(s // 2 for s in volume.shape)
     segmenter.add_clicks(state, [centre], [])
-    return segmenter.mask_entropy(state.probs)  # here, not in every round: only this probe reads it
+    return mask_entropy(state.probs)  # the round's working-grid probabilities, as they came from propagation
 
 
 class ProbeUncertaintyScoring(ScoringMethod):

@@ -995,16 +995,6 @@ class LimNetSegmenter:
         d_old = np.abs(ks[:, None] - old_ks[None]).min(1)
         return ks[d_old < d_new].tolist()
 
-    @staticmethod
-    def mask_entropy(probs: dict[int, torch.Tensor]) -> float:
-        """Mean binary entropy (bits) over the soft object region of every reached slice; 1 if nothing was found."""
-        p = torch.stack(list(probs.values())).float().clamp(1e-6, 1 - 1e-6)
-        region = p > 0.05
-        if not region.any():
-            return 1.0
-        h = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
-        return float(h[region].mean())
-
     def _follow(self, state: InteractionState, box: Box, probs: dict[int, torch.Tensor],
                 span: tuple[int, int] | None, times: int, clicked: list[int]
                 ) -> list[tuple[Box, dict[int, torch.Tensor]]]:
