@@ -12,6 +12,10 @@ int16); the last row stores one as float32 instead (twice the bytes to inflate, 
 
     .venv/bin/python scripts/benchmark_speed.py            # 512x512x300, objects of several extents
     .venv/bin/python scripts/benchmark_speed.py --quick    # smaller, for a smoke run
+    .venv/bin/python scripts/benchmark_speed.py --real --volumes rider_lung_tumour   # one real CT row alone
+
+`--real` adds a real scan: the held-out thin-slice chest CT (512 x 512 x 236, 1.25 mm, int16 HU) with its
+hand-drawn 132,507-voxel lung tumour (`lib.data.heldout`, fetched once with pip), clicked the same way.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ def phantom(shape: tuple[int, int, int], radius: float, seed: int = 0) -> tuple[
     img[target] = 120.0
     img += rng.normal(0, 12, img.shape).astype(np.float32)
     return img, target
+
+
+def real_case(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(HU volume, truth, RAS affine) of a held-out real scan."""
+    from lib.data.heldout import heldout_cases
+
+    case = {c.name: c for c in heldout_cases(sources=("rider",))}[name]
+    return case.image, case.label > 0, case.affine
 
 
 def rss_mb(pid: int) -> float:
@@ -116,21 +128,33 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--cold", type=int, default=3, help="fresh copies of each volume for the cold first click")
+    p.add_argument("--real", action="store_true", help="add the held-out thin-slice chest CT with its lung tumour")
+    p.add_argument("--volumes", default="", help="comma-separated row names to run (default: all)")
     args = p.parse_args()
     big = (256, 256, 100) if args.quick else (512, 512, 300)
     # object extent grows at a fixed CT size; then one object in volumes of growing size
     volumes = [(f"r{r}", big, r, np.int16) for r in ([10, 30] if args.quick else [10, 30, 60, 120])]
     volumes += [(f"r20_{'x'.join(map(str, s))}", s, 20, np.int16) for s in [(128, 128, 60), (256, 256, 150), big]]
     volumes.append((f"r20_{'x'.join(map(str, big))}_float32", big, 20, np.float32))
+    if args.real:
+        volumes.append(("rider_lung_tumour", None, None, np.int16))
+    wanted = {v.strip() for v in args.volumes.split(",") if v.strip()}
+    if wanted - {v[0] for v in volumes}:
+        raise SystemExit(f"unknown volumes {sorted(wanted - {v[0] for v in volumes})}")
+    volumes = [v for v in volumes if not wanted or v[0] in wanted]
     work = tempfile.mkdtemp(prefix="limnet-bench-")
     studies = os.path.join(work, "studies")
     os.makedirs(studies)
     truth = {}
     for name, shape, r, dtype in volumes:
-        img, gt = phantom(shape, r)
+        if shape is None:  # the real scan
+            img, gt, affine = real_case(name)
+        else:
+            img, gt = phantom(shape, r)
+            affine = np.diag([0.7, 0.7, 1.5, 1])
         if dtype != np.float32:
             img = np.round(img).astype(dtype)  # HU, as CT is stored
-        nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.5, 1])), os.path.join(studies, f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(img, affine), os.path.join(studies, f"{name}.nii.gz"))
         for i in range(args.cold):  # the same file under other names: images the server has not seen
             os.link(os.path.join(studies, f"{name}.nii.gz"), os.path.join(studies, f"{name}_cold{i}.nii.gz"))
         truth[name] = (img, gt)
@@ -141,7 +165,7 @@ def main() -> None:
     log = open(log_path, "w")
     proc, url = start_server(app, studies, log=log, MONAI_LABEL_AUTO_UPDATE_SCORING="false")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB; "
-          f"{time.strftime('%Y-%m-%d')}; volumes {big[0]}x{big[1]}x{big[2]}")
+          f"{time.strftime('%Y-%m-%d')}; phantoms {big[0]}x{big[1]}x{big[2]}")
     rows = []
     try:
         base_rss = rss_mb(proc.pid)
