@@ -10,7 +10,7 @@ from conftest import anchor_probs, capsule_volume
 from scipy import ndimage as ndi
 
 from lib.data.robot import dice, next_click
-from lib.engine.geometry import Box, bounding_box, crop_slices, distinctness, imaged_span, label_3d
+from lib.engine.geometry import Box, bounding_box, crop_slices, distinctness, label_3d
 from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
 from lib.engine.round_fusion import RoundFusion
 from lib.engine.segmenter import LimNetSegmenter, Reading, propagation_precision
@@ -743,16 +743,3 @@ def test_a_later_round_leaves_out_negative_clicks_far_outside_the_object():
     by_slice = {2: ([(50, 50)], [(45, 45), (65, 47), (90, 10)]), 4: ([], [(5, 5)]), 1: ([], [(50, 52)])}
     kept = LimNetSegmenter._without_far_negatives(state, by_slice)
     assert kept == {2: ([(50, 50)], [(45, 45), (65, 47)]), 1: ([], [(50, 52)])}
-
-
-def test_imaged_span_is_the_body_not_the_field_of_view():
-    """What a slice images (a head, a body) is measured without the air around it: a 40-pixel disc spans about 40 pixels
-    (from the 0.5th to the 99.5th percentile of its pixels' coordinates) on a 128-pixel slice of dark noisy
-    background, the same with 60 more pixels of air around it, and a slice with
-    nothing on it spans itself."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:128, :128]
-    plane = np.where((yy - 64) ** 2 + (xx - 60) ** 2 < 20**2, 1.0, 0.0) + rng.normal(0, 0.02, (128, 128))
-    assert 37 <= imaged_span(plane) <= 41
-    assert imaged_span(np.pad(plane, 30)) == imaged_span(plane)
-    assert imaged_span(np.zeros((50, 70))) == 70

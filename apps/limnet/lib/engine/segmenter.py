@@ -27,7 +27,6 @@ from .geometry import (
     enclosing_region,
     extent_span,
     extent_xy,
-    imaged_span,
     inner_edges_touched,
     label_3d,
     negative_claim,
@@ -127,17 +126,17 @@ class LimNetSegmenter:
         fewer drops, [-24, -7], Dice +0.000 over clicks, [-0.002, +0.003]; 3 alone -5 [-11, -1], Dice -0.000; 2 and 4
         alone neutral on both); `change_margin`: a one-way round's mask is pasted at the
         propagation threshold moved this much against its change (0: off; 0.2 and 0.35 cost Dice on validation);
-        `first_guard`: the share of the slice (or of the body or head it images, where smaller: `_guards`) a first
-        click's full-slice answer may span before the box search checks it (0.5 and 0.6 cost Dice on validation);
-        `reduced_guard`: the same share where the pass saw the slice reduced 2x or more (CT-sized slices), where the
-        search's trusted answer overrules it only if the rest of it is another tissue (`_holds_other_tissue`; None: off;
-        validation, 48 "ct_organ" cases, the only kind with such slices: 0.4 +0.090 [+0.015, +0.189] over clicks, 0.5
-        +0.071 [+0.004, +0.157]; 0.3 against 0.4 +0.022 [+0.000, +0.060], not taken). With `first_pick`
-        "distinct_reduced" the default is 0: every first click on a CT-sized slice takes the most distinct of its
-        readings, since a 4x reduced pass can answer with a part of a large organ as well as with the body around it (24
-        "ct_organ" cases against 0.4: +0.095 [+0.043, +0.158] over clicks, Dice@1 0.592 -> 0.810, drops 2 -> 4 of 96;
-        real-CT validation: only the trachea changed, 0.802 -> 0.821 after 6 clicks; the speed benchmark's largest
-        phantom 0.769 -> 0.827 after its first click);
+        `first_guard`: the share of the slice a first click's full-slice answer may span before the box search
+        checks it (0.5 and 0.6 cost Dice on validation); `reduced_guard`: the same share where the pass saw the slice
+        reduced 2x or more (CT-sized slices), where the search's trusted answer overrules it only if the rest of it
+        is another tissue (`_holds_other_tissue`; None: off; validation, 48 "ct_organ" cases, the only kind with
+        such slices: 0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]; 0.3 against 0.4
+        +0.022 [+0.000, +0.060], not taken). With `first_pick` "distinct_reduced" the default is 0: every first
+        click on a CT-sized slice takes the most distinct of its readings, since a 4x reduced pass can answer with a
+        part of a large organ as well as with the body around it (24 "ct_organ" cases against 0.4: +0.095 [+0.043,
+        +0.158] over clicks, Dice@1 0.592 -> 0.810, drops 2 -> 4 of 96; real-CT validation: only the trachea
+        changed, 0.802 -> 0.821 after 6 clicks; the speed benchmark's largest phantom 0.769 -> 0.827 after its first
+        click);
         `window_coverage`: each box is seen through the narrowest intensity window that holds this share of its
         pixels and the positively clicked tissue (`box_window`; None: its 0.5-99.5 percentiles; a first click's box
         search keeps those; off: validation, 216 cases, 0.9 +0.014 [+0.001, +0.031] over clicks, drops +5 [-11, +21],
@@ -617,16 +616,15 @@ class LimNetSegmenter:
 
         Guarded: a whole slice seen at the working size is a 4x reduction of a CT slice, where a small lesion is a
         few pixels and the pass tends to answer with the body around it; an answer spanning more than
-        `implausible` of the slice, or of the body or head it images where that is smaller (a body, not an organ;
-        `_guards`), or none is checked by the small-to-large search, which wins if it finds a trusted object."""
+        `implausible` of the slice (a body, not an organ) or none is checked by the small-to-large search, which
+        wins if it finds a trusted object."""
         if self.box_search == "search":
             return self._object_reading(image, k, pos, neg)
         full = self._full_slice_component(image, k, pos, neg)
         if self.box_search == "full":
             return full
         h, w = image.shape[:2]
-        guarded, reduced = self._guards(None if full is None else full.extent, (h, w), implausible,
-                                        imaged_span(image[:, :, k]))
+        guarded, reduced = self._guards(None if full is None else full.extent, (h, w), implausible)
         if (guarded or reduced) and self._picks_distinct(h, w):
             return self._distinct_reading(image, k, pos, neg, full) or full
         if guarded:
@@ -663,15 +661,10 @@ class LimNetSegmenter:
         return distinctness(image, inner) >= contrast
 
     def _guards(self, extent: tuple[int, int, int, int] | None, shape: tuple[int, int],
-                implausible: float, imaged: int | None = None) -> tuple[bool, bool]:
+                implausible: float) -> tuple[bool, bool]:
         """Whether a first click's full-slice answer with this extent is checked by the search: (spans more than
-        `implausible` of the slice, or of what it images (`imaged`, `imaged_span`) where that is smaller, or is None;
-        spans more than `reduced_guard` of a CT-sized slice). Against the slice alone, the guard depended on the
-        air around the object: the 2 mm brain nuclei's clicks, answered with the whole brain, were caught with the
-        template's tight field of view and not with 8 voxels of air added around it (Dice 0.41 -> 0.01 after 6
-        clicks; design log, 2026-12-05 noon)."""
-        span = max(shape) if imaged is None else min(max(shape), imaged)
-        guarded = extent is None or extent_span(extent) > implausible * span
+        `implausible` of the slice or is None, spans more than `reduced_guard` of a CT-sized slice)."""
+        guarded = extent is None or extent_span(extent) > implausible * max(shape)
         reduced = (not guarded and self.reduced_guard is not None and max(shape) >= self.ct_sized * self.size
                    and extent_span(extent) > self.reduced_guard * max(shape))
         return guarded, reduced
@@ -682,8 +675,7 @@ class LimNetSegmenter:
         if self.box_search != "guarded" or not self._picks_distinct(*image.shape[:2]):
             return False
         full = self._full_slice_component(image, k, pos, [])
-        return any(self._guards(None if full is None else full.extent, image.shape[:2], self.first_guard,
-                                imaged_span(image[:, :, k])))
+        return any(self._guards(None if full is None else full.extent, image.shape[:2], self.first_guard))
 
     @staticmethod
     def _holds_other_tissue(image: np.ndarray, comp: np.ndarray, extent: tuple[int, int, int, int]) -> bool:
