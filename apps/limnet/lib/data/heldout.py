@@ -124,12 +124,26 @@ def wheel_files(spec: str, wanted: dict[str, str], folder: str) -> None:
                         dst.write(src.read())
 
 
-def _read(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """Array in (i, j, k) index order (as MONAI's ITK reader and the clients use), its RAS affine and spacing."""
+def read_volume(source, like=None):
+    """(SimpleITK image, array in (i, j, k) order) of a file, a DICOM series folder or an image already read; a label
+    map is resampled onto `like`'s grid first (label maps may be stored with another axis order, flip or extent than
+    their image)."""
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(path)
-    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    if isinstance(source, str) and os.path.isdir(source):
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(source))
+        img = reader.Execute()
+    else:
+        img = sitk.ReadImage(source) if isinstance(source, str) else source
+    if like is not None:
+        img = sitk.Resample(img, like, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return img, sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+
+
+def _read(path: str) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Array in (i, j, k) index order (as MONAI's ITK reader and the clients use), its RAS affine and spacing."""
+    img, arr = read_volume(path)
     return arr, ras_affine(img), tuple(float(s) for s in img.GetSpacing())
 
 
@@ -152,19 +166,14 @@ def _rider_case(folder: str | None) -> RealCase:
     """The RIDER chest CT with its hand-drawn lung tumour, the SEG resampled onto the CT's grid."""
     import pydicom
     import pydicom_seg
-    import SimpleITK as sitk
 
     root = fetch_rider(folder)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(os.path.join(root, "ct")))
-    ct = reader.Execute()
+    ct, img = read_volume(os.path.join(root, "ct"))
     seg = pydicom.dcmread(os.path.join(root, "seg.dcm"))
     manual = [s.SegmentNumber for s in seg.SegmentSequence if s.SegmentAlgorithmType == "MANUAL"]
-    drawn = pydicom_seg.SegmentReader().read(seg).segment_image(manual[0])
-    lab = sitk.Resample(drawn, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    img = sitk.GetArrayFromImage(ct).transpose(2, 1, 0).astype(np.float32)
-    lab = _largest(sitk.GetArrayFromImage(lab).transpose(2, 1, 0) > 0).astype(np.uint8)
-    return RealCase("rider_lung_tumour", img, lab, tuple(float(s) for s in ct.GetSpacing()), ras_affine(ct), "CT")
+    _, lab = read_volume(pydicom_seg.SegmentReader().read(seg).segment_image(manual[0]), like=ct)
+    return RealCase("rider_lung_tumour", img.astype(np.float32), _largest(lab > 0).astype(np.uint8),
+                    tuple(float(s) for s in ct.GetSpacing()), ras_affine(ct), "CT")
 
 
 def _ctchest_cases(folder: str | None) -> list[RealCase]:
@@ -172,14 +181,14 @@ def _ctchest_cases(folder: str | None) -> list[RealCase]:
     import SimpleITK as sitk
 
     root = fetch_ctchest(folder)
-    img, affine, spacing = _read(os.path.join(root, "ctchest.nrrd"))
-    seg = sitk.ReadImage(os.path.join(root, "segmentation.seg.nrrd"))
-    ct = sitk.ReadImage(os.path.join(root, "ctchest.nrrd"))
-    labels = sitk.GetArrayFromImage(sitk.Resample(seg, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)).transpose(2, 1, 0)
+    ct, img = read_volume(os.path.join(root, "ctchest.nrrd"))
+    seg = sitk.ReadImage(os.path.join(root, "segmentation.seg.nrrd"))  # read here: its segment names are metadata
+    _, labels = read_volume(seg, like=ct)
     values = {seg.GetMetaData(k): int(seg.GetMetaData(k.replace("_Name", "_LabelValue")))
               for k in seg.GetMetaDataKeys() if k.startswith("Segment") and k.endswith("_Name")}
+    spacing = tuple(float(s) for s in ct.GetSpacing())
     return [RealCase(f"ctchest_{short}", img.astype(np.float32), _largest(labels == values[name]).astype(np.uint8),
-                     spacing, affine, "CT") for name, short in CTCHEST.items()]
+                     spacing, ras_affine(ct), "CT") for name, short in CTCHEST.items()]
 
 
 def _radiomics_cases(folder: str | None) -> list[RealCase]:

@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-from .heldout import _largest, _pip_download, ras_affine
+from .heldout import _largest, _pip_download, ras_affine, read_volume
 from .packaged import RealCase, thick_slices
 
 TOTALSEGMENTATOR = "totalsegmentator==2.18.0"
@@ -51,21 +51,6 @@ def fetch(folder: str | None = None) -> str:
     return folder
 
 
-def _read(path: str, like=None):
-    """(SimpleITK image, array in (i, j, k) order); a label map is resampled onto `like`'s grid first."""
-    import SimpleITK as sitk
-
-    if os.path.isdir(path):
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(path))
-        img = reader.Execute()
-    else:
-        img = sitk.ReadImage(path)
-    if like is not None:  # label maps may be stored with another axis order or flip than their image
-        img = sitk.Resample(img, like, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return img, sitk.GetArrayFromImage(img).transpose(2, 1, 0)
-
-
 def _objects(labels: np.ndarray, values=None) -> dict[int, np.ndarray]:
     """Each label value's largest connected part (one clickable object), if it is large enough."""
     out = {}
@@ -81,28 +66,28 @@ def _objects(labels: np.ndarray, values=None) -> dict[int, np.ndarray]:
 def _training_volumes(folder: str) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """(raw image, {name: mask}) of every series used for training (never the validation series)."""
     vols = []
-    img, ct = _read(os.path.join(folder, "example_ct.nii.gz"))  # abdomen to chest, 3 mm, 61 organs
-    _, lab = _read(os.path.join(folder, "example_seg_fast_force_split.nii.gz"), like=img)
+    img, ct = read_volume(os.path.join(folder, "example_ct.nii.gz"))  # abdomen to chest, 3 mm, 61 organs
+    _, lab = read_volume(os.path.join(folder, "example_seg_fast_force_split.nii.gz"), like=img)
     vols.append((ct, {f"abdomen_{v}": m for v, m in _objects(lab).items()}))
-    img, mr = _read(os.path.join(folder, "example_mr_sm.nii.gz"))  # abdominal MR, 3 mm
-    _, lab = _read(os.path.join(folder, "example_seg_mr.nii.gz"), like=img)
+    img, mr = read_volume(os.path.join(folder, "example_mr_sm.nii.gz"))  # abdominal MR, 3 mm
+    _, lab = read_volume(os.path.join(folder, "example_seg_mr.nii.gz"), like=img)
     vols.append((mr, {f"mr_{v}": m for v, m in _objects(lab).items()}))
-    img, cta = _read(os.path.join(folder, "aorta_report", "example_ct.nii.gz"))  # chest CT angiogram, 1.5 mm
-    _, heart = _read(os.path.join(folder, "pulmonary_report", "models", "heart.nii.gz"), like=img)
+    img, cta = read_volume(os.path.join(folder, "aorta_report", "example_ct.nii.gz"))  # chest CT angiogram, 1.5 mm
+    _, heart = read_volume(os.path.join(folder, "pulmonary_report", "models", "heart.nii.gz"), like=img)
     vols.append((cta, {"heart": heart > 0}))
     crop_dir = os.path.join(folder, "aorta_report", "test_result", "models")
-    img, crop = _read(os.path.join(crop_dir, "ct_cropped.nii.gz"))
+    img, crop = read_volume(os.path.join(crop_dir, "ct_cropped.nii.gz"))
     masks = {}
     for name in sorted(os.listdir(crop_dir)):
         if name.endswith(".nii.gz") and not name.startswith(("ct", "T7", "organ_")):
-            _, m = _read(os.path.join(crop_dir, name), like=img)
+            _, m = read_volume(os.path.join(crop_dir, name), like=img)
             got = _objects(m > 0, [True])
             if got:
                 masks[name[:-7]] = got[1]
     vols.append((crop, masks))
     pul_dir = os.path.join(folder, "pulmonary_report", "models")
-    img, crop = _read(os.path.join(pul_dir, "ct_cropped.nii.gz"))
-    _, m = _read(os.path.join(pul_dir, "pulmonary_artery.nii.gz"), like=img)
+    img, crop = read_volume(os.path.join(pul_dir, "ct_cropped.nii.gz"))
+    _, m = read_volume(os.path.join(pul_dir, "pulmonary_artery.nii.gz"), like=img)
     vols.append((crop, {"pulmonary_artery": m > 0}))
     return vols
 
@@ -131,8 +116,8 @@ def training_cases(rng: np.random.Generator, folder: str | None = None):
 def validation_cases(folder: str | None = None) -> list[RealCase]:
     """The DICOM CT series (512x512x20, 0.98 x 0.98 x 2 mm), never used for training, with its organs."""
     folder = fetch(folder)
-    img, ct = _read(os.path.join(folder, "example_ct_dicom"))
-    _, lab = _read(os.path.join(folder, "example_seg_dicom.nii.gz"), like=img)
+    img, ct = read_volume(os.path.join(folder, "example_ct_dicom"))
+    _, lab = read_volume(os.path.join(folder, "example_seg_dicom.nii.gz"), like=img)
     spacing, affine = tuple(float(s) for s in img.GetSpacing()), ras_affine(img)
     objs = _objects(lab, sorted(TOTAL_NAMES))
     return [RealCase(f"ctval_{TOTAL_NAMES[v]}", ct.astype(np.float32), m.astype(np.uint8), spacing, affine, "CT")
