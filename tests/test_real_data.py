@@ -3,6 +3,7 @@ validation series never enters training."""
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from lib.data.totalseg import training_cases, validation_cases
 
@@ -147,3 +148,43 @@ def test_heldout_chest_ct_labels_lie_on_lungs_and_spine():
     assert all(c.spacing[2] == pytest.approx(10.0) and c.modality == "CT" for c in cases.values())
     with pytest.raises(ValueError, match="unknown held-out sources"):
         heldout_cases(sources=("ctchest", "nowhere"))
+
+
+def test_a_first_click_in_a_nucleus_does_not_depend_on_the_air_around_the_brain(net):
+    """2 mm brain, a click in the left thalamus: the full-slice pass answers with the whole brain, which the first
+    click's guard catches when it spans most of the slice. With 8 voxels of air added around the template (a wider
+    field of view, as scanners have) it no longer spanned 3/4 of the slice, and the brain was taken: Dice 0.016.
+    The guard also measures the answer against the brain the slice images (`imaged_body`: its span and area), so the
+    answer is the nucleus either way."""
+    from lib.data.brainval import validation_cases as brain_cases
+    from lib.data.robot import run_robot
+    from lib.engine.segmenter import LimNetSegmenter
+
+    case = {c.name: c for c in brain_cases(shrink=4)}["brainval_thalamus_left_2mm"]
+    dice = {}
+    for pad in (0, 8):
+        seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+        state = seg.new_state(np.pad(case.image, pad))
+        dice[pad] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), np.pad(case.label, pad) > 0, 1,
+                              case.spacing).dice[0]
+    assert dice[0] > 0.4 and abs(dice[8] - dice[0]) < 0.05, dice
+
+
+def test_a_click_in_the_white_matter_is_not_taken_for_the_whole_brain(net):
+    """The white matter spans most of the brain it lies in, as the whole brain does, but covers a third of its area:
+    a click at the deepest white-matter voxel of the MNI152 2009 T1 (skull-stripped, 5 mm slices; the OHIF browser
+    test's case) is answered with white matter, not with a small piece of it found by the box search (an earlier
+    guard measured by span alone answered 332 of 124,306 voxels there)."""
+    from lib.data.packaged import mni152, mni152_structures, thick_slices
+    from lib.engine.segmenter import LimNetSegmenter
+
+    t1, _, _, _ = mni152()
+    image, wm = thick_slices(t1, mni152_structures()["white_matter"].astype(np.uint8), 5)
+    wm = wm > 0
+    k = 21
+    depth = ndi.distance_transform_edt(wm[:, :, k])
+    i, j = (int(v) for v in np.unravel_index(np.argmax(depth), depth.shape))
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    mask = seg.add_clicks(seg.new_state(image), [(i, j, k)], [])
+    precision = (mask & wm).sum() / mask.sum()
+    assert mask.sum() > 0.3 * wm.sum() and precision > 0.85, (int(mask.sum()), int(wm.sum()), precision)

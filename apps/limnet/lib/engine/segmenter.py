@@ -16,6 +16,7 @@ from lib.net.bundle import WORKING_SIZE, LimNet
 
 from .geometry import (
     Box,
+    Imaged,
     Region,
     Window,
     bounding_box,
@@ -27,6 +28,7 @@ from .geometry import (
     enclosing_region,
     extent_span,
     extent_xy,
+    imaged_body,
     inner_edges_touched,
     label_3d,
     negative_claim,
@@ -79,7 +81,7 @@ class LimNetSegmenter:
                  clicked_only: bool = True, keep_answered: bool = False, guard_adds: bool = True,
                  fragments: float = 1.0, positive_union: bool = True, negative_subset: bool = True,
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
-                 negative_footprint: float | None = 0.0, first_guard: float = 0.75,
+                 negative_footprint: float | None = 0.0, first_guard: float = 0.75, imaged_guard: float | None = 0.45,
                  reduced_guard: float | None = 0.0, window_coverage: float | None = None,
                  added_like: bool = False, follow: int = 0, bridge_gaps: bool = True,
                  precision: str = "auto", negative_reach: float | None = 3.0, reread: float | None = 4.0,
@@ -126,17 +128,19 @@ class LimNetSegmenter:
         fewer drops, [-24, -7], Dice +0.000 over clicks, [-0.002, +0.003]; 3 alone -5 [-11, -1], Dice -0.000; 2 and 4
         alone neutral on both); `change_margin`: a one-way round's mask is pasted at the
         propagation threshold moved this much against its change (0: off; 0.2 and 0.35 cost Dice on validation);
-        `first_guard`: the share of the slice a first click's full-slice answer may span before the box search
-        checks it (0.5 and 0.6 cost Dice on validation); `reduced_guard`: the same share where the pass saw the slice
-        reduced 2x or more (CT-sized slices), where the search's trusted answer overrules it only if the rest of it
-        is another tissue (`_holds_other_tissue`; None: off; validation, 48 "ct_organ" cases, the only kind with
-        such slices: 0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]; 0.3 against 0.4
-        +0.022 [+0.000, +0.060], not taken). With `first_pick` "distinct_reduced" the default is 0: every first
-        click on a CT-sized slice takes the most distinct of its readings, since a 4x reduced pass can answer with a
-        part of a large organ as well as with the body around it (24 "ct_organ" cases against 0.4: +0.095 [+0.043,
-        +0.158] over clicks, Dice@1 0.592 -> 0.810, drops 2 -> 4 of 96; real-CT validation: only the trachea
-        changed, 0.802 -> 0.821 after 6 clicks; the speed benchmark's largest phantom 0.769 -> 0.827 after its first
-        click);
+        `first_guard`: the share of the slice a first click's full-slice answer may span before the box search checks it
+        (0.5 and 0.6 cost Dice on validation); `imaged_guard`: the share of the area of the body or head the slice images
+        above which such an answer spanning `first_guard` of it is checked too (`_guards`; None: off; the 1 and 2 mm brain
+        nuclei with air around the template: Dice@6 0.638 -> 0.662 and 0.014 -> 0.406, as without the air; 0.6 missed most
+        whole-brain answers, which leave out the dark fluid); `reduced_guard`: the same share where the pass saw the slice
+        reduced 2x or more (CT-sized slices), where the search's trusted answer overrules it only if the rest of it is
+        another tissue (`_holds_other_tissue`; None: off; validation, 48 "ct_organ" cases, the only kind with such slices:
+        0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]; 0.3 against 0.4 +0.022 [+0.000, +0.060], not
+        taken). With `first_pick` "distinct_reduced" the default is 0: every first click on a CT-sized slice takes the most
+        distinct of its readings, since a 4x reduced pass can answer with a part of a large organ as well as with the body
+        around it (24 "ct_organ" cases against 0.4: +0.095 [+0.043, +0.158] over clicks, Dice@1 0.592 -> 0.810, drops 2 -> 4
+        of 96; real-CT validation: only the trachea changed, 0.802 -> 0.821 after 6 clicks; the speed benchmark's largest
+        phantom 0.769 -> 0.827 after its first click);
         `window_coverage`: each box is seen through the narrowest intensity window that holds this share of its
         pixels and the positively clicked tissue (`box_window`; None: its 0.5-99.5 percentiles; a first click's box
         search keeps those; off: validation, 216 cases, 0.9 +0.014 [+0.001, +0.031] over clicks, drops +5 [-11, +21],
@@ -225,7 +229,7 @@ class LimNetSegmenter:
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
-        self.first_guard, self.reduced_guard = first_guard, reduced_guard
+        self.first_guard, self.reduced_guard, self.imaged_guard = first_guard, reduced_guard, imaged_guard
         self.window_coverage, self.added_like = window_coverage, added_like
         self.negative_reach = negative_reach
         self.reread, self.larger_reading = reread, larger_reading
@@ -624,7 +628,7 @@ class LimNetSegmenter:
         if self.box_search == "full":
             return full
         h, w = image.shape[:2]
-        guarded, reduced = self._guards(None if full is None else full.extent, (h, w), implausible)
+        guarded, reduced = self._guards(full, (h, w), implausible, imaged_body(image[:, :, k]))
         if (guarded or reduced) and self._picks_distinct(h, w):
             return self._distinct_reading(image, k, pos, neg, full) or full
         if guarded:
@@ -660,13 +664,24 @@ class LimNetSegmenter:
             return False
         return distinctness(image, inner) >= contrast
 
-    def _guards(self, extent: tuple[int, int, int, int] | None, shape: tuple[int, int],
-                implausible: float) -> tuple[bool, bool]:
-        """Whether a first click's full-slice answer with this extent is checked by the search: (spans more than
-        `implausible` of the slice or is None, spans more than `reduced_guard` of a CT-sized slice)."""
-        guarded = extent is None or extent_span(extent) > implausible * max(shape)
+    def _guards(self, full: Reading | None, shape: tuple[int, int], implausible: float,
+                imaged: Imaged | None = None) -> tuple[bool, bool]:
+        """Whether a first click's full-slice answer `full` is checked by the search: (it is None, spans more than
+        `implausible` of the slice, or covers the body or head the slice images (`imaged`, `imaged_body`): more than
+        `imaged_guard` of its area and `implausible` of its span; it spans more than `reduced_guard` of a CT-sized
+        slice). Against the slice alone, the guard depended on the air around the object: the 2 mm brain nuclei's
+        clicks, answered with the whole brain, were caught with the template's tight field of view and not with 8
+        voxels of air added around it. The area tells the whole brain (about half of a stripped slice's brain area
+        and more, the rest being its dark fluid) from the white matter of the brain (a third), which spans it too
+        (design log, 2026-12-05 afternoon)."""
+        if full is None:
+            return True, False
+        span = extent_span(full.extent)
+        guarded = span > implausible * max(shape) or (
+            imaged is not None and self.imaged_guard is not None and span > implausible * imaged.span
+            and np.count_nonzero(full.mask) > self.imaged_guard * imaged.area)
         reduced = (not guarded and self.reduced_guard is not None and max(shape) >= self.ct_sized * self.size
-                   and extent_span(extent) > self.reduced_guard * max(shape))
+                   and span > self.reduced_guard * max(shape))
         return guarded, reduced
 
     def _read_distinctly(self, image: np.ndarray, k: int, pos: list) -> bool:
@@ -675,7 +690,7 @@ class LimNetSegmenter:
         if self.box_search != "guarded" or not self._picks_distinct(*image.shape[:2]):
             return False
         full = self._full_slice_component(image, k, pos, [])
-        return any(self._guards(None if full is None else full.extent, image.shape[:2], self.first_guard))
+        return any(self._guards(full, image.shape[:2], self.first_guard, imaged_body(image[:, :, k])))
 
     @staticmethod
     def _holds_other_tissue(image: np.ndarray, comp: np.ndarray, extent: tuple[int, int, int, int]) -> bool:
