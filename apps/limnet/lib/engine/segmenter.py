@@ -622,8 +622,8 @@ class LimNetSegmenter:
 
         Guarded: a whole slice seen at the working size is a 4x reduction of a CT slice, where a small lesion is a
         few pixels and the pass tends to answer with the body around it; an answer spanning more than
-        `implausible` of the slice (a body, not an organ) or none is checked by the small-to-large search, which
-        wins if it finds a trusted object."""
+        `implausible` of the slice or covering `imaged_guard` of the body or head it images (a body, not an organ;
+        `_guards`) or none is checked by the small-to-large search, which wins if it finds a trusted object."""
         if self.box_search == "search":
             return self._object_reading(image, k, pos, neg)
         full = self._full_slice_component(image, k, pos, neg)
