@@ -168,7 +168,7 @@ def test_a_first_click_in_a_nucleus_does_not_depend_on_the_air_around_the_brain(
     """2 mm brain, a click in the left thalamus: the full-slice pass answers with the whole brain, which the first
     click's guard catches when it spans most of the slice. With 8 voxels of air added around the template (a wider
     field of view, as scanners have) it no longer spanned 3/4 of the slice, and the brain was taken: Dice 0.016.
-    The guard also measures the answer against the brain the slice images (`imaged_body`: its span and area), so the
+    The guard also measures the answer against the brain the slice images (`imaged_area`), so the
     answer is the nucleus either way."""
     from lib.data.brainval import validation_cases as brain_cases
     from lib.data.robot import run_robot
@@ -207,7 +207,7 @@ def test_a_click_in_the_white_matter_is_not_taken_for_the_whole_brain(net):
 def test_a_click_in_the_aorta_of_a_low_resolution_ct_is_not_answered_with_the_body(net):
     """The validation CT at 128 x 128 (3.9 mm pixels): the whole-slice pass answered a click in the aorta with half
     the body's soft tissue, which spans 2/3 of the slice, so the span guard let it through (Dice 0.02). It covers
-    half of what the slice images (`imaged_body`), so the box search checks it and finds the aorta."""
+    half of what the slice images (`imaged_area`), so the box search checks it and finds the aorta."""
     from lib.data.robot import run_robot
     from lib.engine.segmenter import LimNetSegmenter
 

@@ -16,7 +16,6 @@ from lib.net.bundle import WORKING_SIZE, LimNet
 
 from .geometry import (
     Box,
-    Imaged,
     Region,
     Window,
     bounding_box,
@@ -28,7 +27,7 @@ from .geometry import (
     enclosing_region,
     extent_span,
     extent_xy,
-    imaged_body,
+    imaged_area,
     inner_edges_touched,
     label_3d,
     negative_claim,
@@ -630,7 +629,7 @@ class LimNetSegmenter:
         if self.box_search == "full":
             return full
         h, w = image.shape[:2]
-        guarded, reduced = self._guards(full, (h, w), implausible, imaged_body(image[:, :, k]))
+        guarded, reduced = self._guards(full, (h, w), implausible, imaged_area(image[:, :, k]))
         if (guarded or reduced) and self._picks_distinct(h, w):
             return self._distinct_reading(image, k, pos, neg, full) or full
         if guarded:
@@ -667,10 +666,10 @@ class LimNetSegmenter:
         return distinctness(image, inner) >= contrast
 
     def _guards(self, full: Reading | None, shape: tuple[int, int], implausible: float,
-                imaged: Imaged | None = None) -> tuple[bool, bool]:
+                imaged: int | None = None) -> tuple[bool, bool]:
         """Whether a first click's full-slice answer `full` is checked by the search: (it is None, spans more than
         `implausible` of the slice, or covers more than `imaged_guard` of the area of the body or head the slice
-        images (`imaged`, `imaged_body`); it spans more than `reduced_guard` of a CT-sized slice). Against the slice
+        images (`imaged`, `imaged_area`); it spans more than `reduced_guard` of a CT-sized slice). Against the slice
         alone, the guard depended on the air around the object: the 2 mm brain nuclei's clicks, answered with the
         whole brain, were caught with the template's tight field of view and not with 8 voxels of air added around
         it; and a click in the aorta of a 128 x 128 CT was answered with half the body's soft tissue, which spans
@@ -682,7 +681,7 @@ class LimNetSegmenter:
         span = extent_span(full.extent)
         guarded = span > implausible * max(shape) or (
             imaged is not None and self.imaged_guard is not None
-            and np.count_nonzero(full.mask) > self.imaged_guard * imaged.area)
+            and np.count_nonzero(full.mask) > self.imaged_guard * imaged)
         reduced = (not guarded and self.reduced_guard is not None and max(shape) >= self.ct_sized * self.size
                    and span > self.reduced_guard * max(shape))
         return guarded, reduced
@@ -693,7 +692,7 @@ class LimNetSegmenter:
         if self.box_search != "guarded" or not self._picks_distinct(*image.shape[:2]):
             return False
         full = self._full_slice_component(image, k, pos, [])
-        return any(self._guards(full, image.shape[:2], self.first_guard, imaged_body(image[:, :, k])))
+        return any(self._guards(full, image.shape[:2], self.first_guard, imaged_area(image[:, :, k])))
 
     @staticmethod
     def _holds_other_tissue(image: np.ndarray, comp: np.ndarray, extent: tuple[int, int, int, int]) -> bool:
