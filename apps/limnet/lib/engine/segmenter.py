@@ -629,7 +629,7 @@ class LimNetSegmenter:
         if self.box_search == "full":
             return full
         h, w = image.shape[:2]
-        guarded, reduced = self._guards(full, (h, w), implausible, imaged_area(image[:, :, k]))
+        guarded, reduced = self._guards(full, image[:, :, k], implausible)
         if (guarded or reduced) and self._picks_distinct(h, w):
             return self._distinct_reading(image, k, pos, neg, full) or full
         if guarded:
@@ -665,11 +665,10 @@ class LimNetSegmenter:
             return False
         return distinctness(image, inner) >= contrast
 
-    def _guards(self, full: Reading | None, shape: tuple[int, int], implausible: float,
-                imaged: int | None = None) -> tuple[bool, bool]:
-        """Whether a first click's full-slice answer `full` is checked by the search: (it is None, spans more than
-        `implausible` of the slice, or covers more than `imaged_guard` of the area of the body or head the slice
-        images (`imaged`, `imaged_area`); it spans more than `reduced_guard` of a CT-sized slice). Against the slice
+    def _guards(self, full: Reading | None, plane: np.ndarray, implausible: float) -> tuple[bool, bool]:
+        """Whether a first click's full-slice answer `full` on slice `plane` is checked by the search: (it is None,
+        spans more than `implausible` of the slice, or covers more than `imaged_guard` of the area of the body or head
+        the slice images (`imaged_area`); it spans more than `reduced_guard` of a CT-sized slice). Against the slice
         alone, the guard depended on the air around the object: the 2 mm brain nuclei's clicks, answered with the
         whole brain, were caught with the template's tight field of view and not with 8 voxels of air added around
         it; and a click in the aorta of a 128 x 128 CT was answered with half the body's soft tissue, which spans
@@ -678,10 +677,11 @@ class LimNetSegmenter:
         2026-12-05 afternoon)."""
         if full is None:
             return True, False
-        span = extent_span(full.extent)
-        guarded = span > implausible * max(shape) or (
-            imaged is not None and self.imaged_guard is not None
-            and np.count_nonzero(full.mask) > self.imaged_guard * imaged)
+        shape, span = plane.shape, extent_span(full.extent)
+        guarded = span > implausible * max(shape)
+        if not guarded and self.imaged_guard is not None:
+            imaged = imaged_area(plane)
+            guarded = imaged is not None and np.count_nonzero(full.mask) > self.imaged_guard * imaged
         reduced = (not guarded and self.reduced_guard is not None and max(shape) >= self.ct_sized * self.size
                    and span > self.reduced_guard * max(shape))
         return guarded, reduced
@@ -692,7 +692,7 @@ class LimNetSegmenter:
         if self.box_search != "guarded" or not self._picks_distinct(*image.shape[:2]):
             return False
         full = self._full_slice_component(image, k, pos, [])
-        return any(self._guards(full, image.shape[:2], self.first_guard, imaged_area(image[:, :, k])))
+        return any(self._guards(full, image[:, :, k], self.first_guard))
 
     @staticmethod
     def _holds_other_tissue(image: np.ndarray, comp: np.ndarray, extent: tuple[int, int, int, int]) -> bool:
