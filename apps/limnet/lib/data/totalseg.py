@@ -113,6 +113,14 @@ def training_cases(rng: np.random.Generator, folder: str | None = None):
     return cases
 
 
+def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each factor x factor block of every slice (in-plane; rows and columns beyond the last whole
+    block dropped)."""
+    h, w, d = volume.shape
+    h, w = h // factor, w // factor
+    return volume[: h * factor, : w * factor].reshape(h, factor, w, factor, d).mean((1, 3))
+
+
 def validation_cases(folder: str | None = None, shrink: int = 1) -> list[RealCase]:
     """The DICOM CT series (512x512x20, 0.98 x 0.98 x 2 mm), never used for training, with its organs. `shrink` 4:
     block-averaged 4x in-plane (128 x 128, 3.9 mm pixels; names end in "_4x"; labels by majority, organs under 20
@@ -126,15 +134,13 @@ def validation_cases(folder: str | None = None, shrink: int = 1) -> list[RealCas
     if shrink == 1:
         return [RealCase(f"ctval_{TOTAL_NAMES[v]}", ct.astype(np.float32), m.astype(np.uint8), spacing, affine, "CT")
                 for v, m in objs.items()]
-    h, w, d = ct.shape
-    blocks = (h // shrink, shrink, w // shrink, shrink, d)
-    image = ct[: h // shrink * shrink, : w // shrink * shrink].astype(np.float32).reshape(blocks).mean((1, 3))
+    image = _block_mean(ct.astype(np.float32), shrink)
     affine = affine.copy()
     affine[:3, :2] *= shrink
     spacing = (spacing[0] * shrink, spacing[1] * shrink, spacing[2])
     cases = []
     for v, m in objs.items():
-        small = m[: h // shrink * shrink, : w // shrink * shrink].astype(np.float32).reshape(blocks).mean((1, 3)) >= 0.5
+        small = _block_mean(m.astype(np.float32), shrink) >= 0.5  # by majority
         if small.sum() >= 20:
             cases.append(RealCase(f"ctval_{TOTAL_NAMES[v]}_{shrink}x", image, small.astype(np.uint8), spacing, affine,
                                   "CT"))

@@ -128,20 +128,20 @@ class LimNetSegmenter:
         alone neutral on both); `change_margin`: a one-way round's mask is pasted at the
         propagation threshold moved this much against its change (0: off; 0.2 and 0.35 cost Dice on validation);
         `first_guard`: the share of the slice a first click's full-slice answer may span before the box search checks it
-        (0.5 and 0.6 cost Dice on validation); `imaged_guard`: the share of the area of the body or head the slice images
-        above which such an answer is checked too (`_guards`; None: off; the 1 and 2 mm brain nuclei with air around the
-        template: Dice@6 0.638 -> 0.662 and 0.014 -> 0.406, as without the air; the validation CT at 128 x 128 (`--set
-        ctval4`) 0.323 -> 0.479, the aorta 0.02 -> 0.86 and the back muscles 0.03 -> 0.77; one generated touching case
-        of 216, whose object pair is all the slice images above its dark background, lost its first click; 0.6 missed
-        most whole-brain answers, which leave out the dark fluid); `reduced_guard`: the same share where the pass saw the slice
-        reduced 2x or more (CT-sized slices), where the search's trusted answer overrules it only if the rest of it is
-        another tissue (`_holds_other_tissue`; None: off; validation, 48 "ct_organ" cases, the only kind with such slices:
-        0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]; 0.3 against 0.4 +0.022 [+0.000, +0.060], not
-        taken). With `first_pick` "distinct_reduced" the default is 0: every first click on a CT-sized slice takes the most
-        distinct of its readings, since a 4x reduced pass can answer with a part of a large organ as well as with the body
-        around it (24 "ct_organ" cases against 0.4: +0.095 [+0.043, +0.158] over clicks, Dice@1 0.592 -> 0.810, drops 2 -> 4
-        of 96; real-CT validation: only the trachea changed, 0.802 -> 0.821 after 6 clicks; the speed benchmark's largest
-        phantom 0.769 -> 0.827 after its first click);
+        (0.5 and 0.6 cost Dice on validation); `imaged_guard`: the share of the area of the body or head the slice
+        images above which such an answer is checked too (`_guards`; None: off; the 1 and 2 mm brain nuclei with air
+        around the template: Dice@6 0.638 -> 0.662 and 0.014 -> 0.406, as without the air; the validation CT at 128 x
+        128 (`--set ctval4`) 0.323 -> 0.479, the aorta 0.02 -> 0.86 and the back muscles 0.03 -> 0.77; one generated
+        touching case of 216, whose object pair is all the slice images above its dark background, lost its first click;
+        0.6 missed most whole-brain answers, which leave out the dark fluid); `reduced_guard`: the same share where the
+        pass saw the slice reduced 2x or more (CT-sized slices), where the search's trusted answer overrules it only if
+        the rest of it is another tissue (`_holds_other_tissue`; None: off; validation, 48 "ct_organ" cases, the only
+        kind with such slices: 0.4 +0.090 [+0.015, +0.189] over clicks, 0.5 +0.071 [+0.004, +0.157]; 0.3 against 0.4
+        +0.022 [+0.000, +0.060], not taken). With `first_pick` "distinct_reduced" the default is 0: every first click on
+        a CT-sized slice takes the most distinct of its readings, since a 4x reduced pass can answer with a part of a
+        large organ as well as with the body around it (24 "ct_organ" cases against 0.4: +0.095 [+0.043, +0.158] over
+        clicks, Dice@1 0.592 -> 0.810, drops 2 -> 4 of 96; real-CT validation: only the trachea changed, 0.802 -> 0.821
+        after 6 clicks; the speed benchmark's largest phantom 0.769 -> 0.827 after its first click);
         `window_coverage`: each box is seen through the narrowest intensity window that holds this share of its
         pixels and the positively clicked tissue (`box_window`; None: its 0.5-99.5 percentiles; a first click's box
         search keeps those; off: validation, 216 cases, 0.9 +0.014 [+0.001, +0.031] over clicks, drops +5 [-11, +21],
