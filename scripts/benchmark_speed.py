@@ -8,7 +8,8 @@ with the robot: its first click (image prepared, new interaction) and later clic
 the phantom's truth is printed too, so that speed is never bought with a wrong mask.
 
 The phantoms are stored as CT is: int16 Hounsfield units in a `.nii.gz` (scanners' DICOM and every converter give
-int16); the last row stores one as float32 instead (twice the bytes to inflate, scaled up front when read).
+int16); the last row stores one as float32 instead (twice the bytes to inflate; scaled where read until its first
+click is answered, then scaled to float16 whole in the background).
 
     .venv/bin/python scripts/benchmark_speed.py            # 512x512x300, objects of several extents
     .venv/bin/python scripts/benchmark_speed.py --quick    # smaller, for a smoke run

@@ -12,7 +12,7 @@ from monai.transforms import LoadImage
 from scipy.spatial.transform import Rotation
 
 from lib.engine.geometry import ScaledVolume, normalize_intensity
-from lib.infers.limnet import VolumeCache, prepare_image
+from lib.infers.limnet import VolumeCache, prepare_image, settle
 from lib.infers.nifti_reader import _read_voxels, read_nifti
 
 RNG = np.random.default_rng(0)
@@ -100,35 +100,51 @@ def test_unsure_files_are_left_to_itk(tmp_path) -> None:
 
 def test_cache_keeps_fortran_order(tmp_path) -> None:
     """A NIfTI's slices are contiguous on disk; the cached image keeps them so (slice reads, slab writes): a 16-bit
-    CT as read, scaled where the engine reads it; a float volume scaled to float16 up front."""
+    CT as read, scaled where the engine reads it; a float volume as read until it is scaled to float16 whole."""
     image = VolumeCache().load(_save(tmp_path / "plain.nii.gz", DATA, FLIPPED))
     assert isinstance(image.normalized, ScaledVolume) and image.normalized.raw.flags.f_contiguous
-    assert image.normalized.dtype == np.float16 and image.normalized.shape == DATA.shape
+    assert image.normalized.dtype == np.float16 and image.normalized.shape == DATA.shape and image.normalized.settled
     image = VolumeCache().load(_save(tmp_path / "float.nii.gz", DATA.astype(np.float32), FLIPPED))
-    assert image.normalized.flags.f_contiguous and image.normalized.dtype == np.float16
-    assert image.normalized.shape == DATA.shape
+    lazy = image.normalized
+    assert isinstance(lazy, ScaledVolume) and not lazy.settled and lazy.raw.dtype == np.float32
+    before = lazy[:, :, :]
+    settle(image)
+    assert lazy.settled and lazy.raw.dtype == np.float16 and lazy.raw.flags.f_contiguous
+    assert lazy.shape == DATA.shape and lazy.dtype == np.float16
+    np.testing.assert_array_equal(lazy[:, :, :], before)
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int8, np.uint16])
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int8, np.uint16, np.float32, np.float64])
 @pytest.mark.parametrize("order", ["F", "C"])
 def test_scaled_volume_reads_what_the_eager_scaling_gives(dtype, order) -> None:
     """Every way the engine reads a volume (crops, clicked slices, scattered slice indices, one voxel, the whole)
-    gives bit for bit what scaling it up front gives; a float or 32-bit volume is still scaled up front."""
-    info = np.iinfo(dtype)
-    v = np.asarray(RNG.integers(info.min, info.max, (40, 36, 12), endpoint=True).astype(dtype), order=order)
-    v[3:9, 4:7, 2] = info.max  # outliers the percentiles clip
+    gives bit for bit what scaling it up front gives, and so does a float volume after `settle`; a 32-bit integer
+    volume is still scaled up front."""
+    if np.dtype(dtype).kind == "f":
+        v = np.asarray(RNG.normal(40.0, 300.0, (40, 36, 12)).astype(dtype), order=order)
+        v[3:9, 4:7, 2] = 3e4
+    else:
+        info = np.iinfo(dtype)
+        v = np.asarray(RNG.integers(info.min, info.max, (40, 36, 12), endpoint=True).astype(dtype), order=order)
+        v[3:9, 4:7, 2] = info.max  # outliers the percentiles clip
     eager = normalize_intensity(v, dtype=np.float16)
     lazy = normalize_intensity(v, dtype=np.float16, lazy=True)
     assert isinstance(lazy, ScaledVolume) and lazy.shape == v.shape and lazy.dtype == np.float16 and lazy.ndim == 3
-    for key in [np.s_[:, :, 5], np.s_[2:30, -4:40, 3:7], np.s_[5:25, 6:20, np.array([0, 4, 4, 11])],
-                np.s_[7, 8, 9], np.s_[...], np.s_[::3, ::2, :]]:
-        got = lazy[key]
-        assert got.dtype == np.float16
-        np.testing.assert_array_equal(got, eager[key])
-    whole = np.asarray(lazy)
-    np.testing.assert_array_equal(whole, eager)
-    assert whole.flags.f_contiguous == (order == "F")
-    assert not isinstance(normalize_intensity(v.astype(np.float32), dtype=np.float16, lazy=True), ScaledVolume)
+    assert lazy.settled == (v.dtype.itemsize <= 2)
+    keys = [np.s_[:, :, 5], np.s_[2:30, -4:40, 3:7], np.s_[5:25, 6:20, np.array([0, 4, 4, 11])],
+            np.s_[7, 8, 9], np.s_[...], np.s_[::3, ::2, :]]
+    for settled in (False, True):
+        if settled:
+            lazy.settle()
+            assert lazy.settled and lazy.nbytes <= v.nbytes
+        for key in keys:
+            got = lazy[key]
+            assert got.dtype == np.float16
+            np.testing.assert_array_equal(got, eager[key])
+        got[...] = 0  # a read is the caller's own copy
+        whole = np.asarray(lazy)
+        np.testing.assert_array_equal(whole, eager)
+        assert whole.flags.f_contiguous == (order == "F")
     assert not isinstance(normalize_intensity(v.astype(np.int32), dtype=np.float16, lazy=True), ScaledVolume)
     assert not isinstance(normalize_intensity(v, dtype=np.float32, lazy=True), ScaledVolume)
 

@@ -71,8 +71,8 @@ class SeriesConverter:
     """MONAI Label's `dicom_to_nifti` for downloaded image series (`convert`), which also hands the volume it has just
     read to the image cache, normalised while the file is being compressed: the click that asked for the series (or
     the viewer's prefetch) then does not read the file it was written to again. On a 512x512x300 CT series that was
-    ~0.4 s of reading and ~0.45 s of normalising after a ~0.75 s write (since a 16-bit image is scaled where the
-    engine reads it, `ScaledVolume`, preparing it takes ~0.1 s; the overlap stays for float series).
+    ~0.4 s of reading and ~0.45 s of normalising after a ~0.75 s write (since an image is scaled where the engine
+    reads it, `ScaledVolume`, preparing it takes ~0.1 s).
 
     `prepare`: the raw volume (a MetaTensor as the NIfTI reader gives it) -> what the cache holds; `on_prepared`:
     (stored path, prepared image) once the datastore holds the file (`hand_over`). Without them it only converts."""

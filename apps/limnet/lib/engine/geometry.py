@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,8 +26,8 @@ def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.
     cached CT volume holds. A Fortran-ordered input (NIfTI, ITK) keeps its layout: slab writes and the engine's
     slice reads stay contiguous (0.33 s instead of 1.1 s for 512x512x300 on this project's machine).
     `known_finite`: the caller has checked that every value is finite (a pass over the volume saved).
-    `lazy`: an 8- or 16-bit integer volume (CT, most MR) comes back as a `ScaledVolume` that scales what is read
-    of it, with the same values (float16 `dtype` only)."""
+    `lazy`: an 8- or 16-bit integer volume (CT, most MR) or a float one comes back as a `ScaledVolume` that scales
+    what is read of it, with the same values (float16 `dtype` only; 3D)."""
     v = np.asarray(volume)
     if not known_finite and v.dtype.kind == "f" and not np.isfinite(v).all():
         finite = np.isfinite(v)
@@ -36,7 +37,8 @@ def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.
     if hi - lo < 1e-6:
         return np.zeros(v.shape, dtype, order=_layout(v))
     scale = np.float32(1.0 / (hi - lo))
-    if lazy and np.dtype(dtype) == np.float16 and v.dtype.kind in "iu" and v.dtype.itemsize <= 2 and v.ndim == 3:
+    if lazy and np.dtype(dtype) == np.float16 and v.ndim == 3 and (v.dtype.kind == "f" or (
+            v.dtype.kind in "iu" and v.dtype.itemsize <= 2)):
         return ScaledVolume(v, np.float32(lo), scale)
     return _scaled_whole(v, np.float32(lo), scale, dtype)
 
@@ -64,25 +66,53 @@ def _scaled(values: np.ndarray, lo: np.float32, scale: np.float32) -> np.ndarray
 
 
 class ScaledVolume:
-    """A 3D integer volume read as `normalize_intensity` scales it (float16, the same values bit for bit), scaled
-    where it is read. The engine reads crops around the object, so a cold first click on a CT no longer waits for
-    the whole volume to be scaled (0.3-0.6 s for 512x512x300 on this project's machine); 16-bit data take the
-    memory float16 would, 8-bit data half. Supports what the engine does with a volume: `shape`, `ndim`, `dtype`
-    and indexing; `np.asarray` scales it whole."""
+    """A 3D volume read as `normalize_intensity` scales it (float16, the same values bit for bit), scaled where it
+    is read. The engine reads crops around the object, so a cold first click on a CT no longer waits for the whole
+    volume to be scaled (0.3-0.6 s for 512x512x300 on this project's machine, and as long again to fault in the
+    pages of the float16 copy). 16-bit data take the memory float16 would, 8-bit data half; float data take two
+    to four times as much until `settle` scales them whole, which the server does after the click that read them.
+    Supports what the engine does with a volume: `shape`, `ndim`, `dtype` and indexing; `np.asarray` gives it
+    whole."""
 
     def __init__(self, raw: np.ndarray, lo: np.float32, scale: np.float32) -> None:
-        self.raw, self.lo, self.scale = raw, lo, scale
+        self._parts: tuple[np.ndarray, np.float32 | None, np.float32 | None] = (raw, lo, scale)
         self.shape, self.ndim, self.dtype = raw.shape, raw.ndim, np.dtype(np.float16)
+        self._settling = threading.Lock()
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The voxels held: as read, or once settled the scaled float16 volume."""
+        return self._parts[0]
 
     @property
     def nbytes(self) -> int:
-        return self.raw.nbytes
+        return self._parts[0].nbytes
+
+    @property
+    def settled(self) -> bool:
+        """Whether the voxels held need no more scaling (after `settle`), or take no more memory than scaled ones."""
+        raw, _, scale = self._parts
+        return scale is None or raw.dtype.itemsize <= 2
+
+    def settle(self) -> None:
+        """Scale a float volume whole, once, and read from that: float16 is half of float32's memory (a quarter of
+        float64's) and reads no longer scale. Safe while other threads read: they see the old or the new parts,
+        which give the same values."""
+        with self._settling:
+            if self.settled:
+                return
+            raw, lo, scale = self._parts
+            self._parts = (_scaled_whole(raw, lo, scale, np.float16), None, None)
 
     def __getitem__(self, key) -> np.ndarray:
-        return _scaled(self.raw[key], self.lo, self.scale).astype(np.float16)
+        raw, lo, scale = self._parts
+        if scale is None:
+            return np.array(raw[key])  # a copy, as a scaled read gives: callers may write to it
+        return _scaled(raw[key], lo, scale).astype(np.float16)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = _scaled_whole(self.raw, self.lo, self.scale, np.float16)
+        raw, lo, scale = self._parts
+        out = raw.copy(order="K") if scale is None else _scaled_whole(raw, lo, scale, np.float16)
         return out if dtype is None else out.astype(dtype)
 
 
