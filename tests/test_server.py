@@ -215,3 +215,37 @@ def test_follow_object_is_a_per_request_option(server, studies):
                                                  "follow_object": True, "reset_state": True})
     pred, _ = nrrd.read(path)
     assert pred[tuple(click)] > 0 and dice(pred > 0, case.label.astype(bool)) > 0.5
+
+
+def test_a_float_image_is_scaled_whole_after_its_first_answer(server, studies):
+    """A float32 study is answered before it is scaled whole (`ScaledVolume`); the scaling to float16 follows in the
+    background, and the next rounds, read from the scaled copy, go on as before: the same clicks again give the
+    same answer, and a further click gives a new round."""
+    import time
+
+    client = MONAILabelClient(server["url"])
+    case = studies["touching"]
+    assert nib.load(studies["folder"] + "/touching.nii.gz").get_data_dtype() == np.float32
+    gt = case.label.astype(bool)
+    idx, _ = next_click(np.zeros(gt.shape, bool), gt, case.spacing)
+    first = {"foreground": [list(idx)], "background": [], "client_id": "settle", "reset_state": True}
+    path, meta = client.infer("limnet", "touching", first)
+    answer = nrrd.read(path)[0] > 0
+    deadline = time.time() + 60
+    while time.time() < deadline and "touching.nii.gz (" not in _scaled_lines(server["log"].name):
+        time.sleep(0.5)
+    assert "touching.nii.gz (" in _scaled_lines(server["log"].name), "the float image was scaled whole"
+    path, meta = client.infer("limnet", "touching", {**first, "reset_state": False})
+    assert meta["round"] == 1 and np.array_equal(nrrd.read(path)[0] > 0, answer)
+    path, meta = client.infer("limnet", "touching", {**first, "reset_state": True})  # afresh, on the scaled copy
+    assert meta["round"] == 1 and np.array_equal(nrrd.read(path)[0] > 0, answer)
+    nxt, positive = next_click(answer, gt, case.spacing)
+    more = {**first, "reset_state": False, ("foreground" if positive else "background"): (
+        first["foreground"] + [list(nxt)] if positive else [list(nxt)])}
+    path, meta = client.infer("limnet", "touching", more)
+    assert meta["round"] == 2
+
+
+def _scaled_lines(log_path: str) -> str:
+    with open(log_path, errors="replace") as f:
+        return "\n".join(line for line in f if "scaled to float16" in line)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -179,35 +180,37 @@ class VolumeCache:
                 start = time.perf_counter()
                 image = self.load(path)
                 logger.info("prefetched %s in %.2fs", path, time.perf_counter() - start)
-                _settle_politely(image)
+                _settle_politely(image, path)
             except Exception as e:
                 logger.info("prefetch of %s skipped: %s", path, e)
 
         threading.Thread(target=run, name="limnet-prefetch", daemon=True).start()
 
 
-def settle(image: CachedImage) -> None:
+def settle(image: CachedImage, path: str = "") -> None:
     """Scale a float image whole now (`ScaledVolume.settle`): half the memory from here on. Run after the click that
     read it, or in the background, so that the first click does not wait for it."""
     if isinstance(image.normalized, ScaledVolume) and not image.normalized.settled:
         start = time.perf_counter()
         image.normalized.settle()
-        logger.info("image of shape %s scaled to float16 in %.2fs", image.shape, time.perf_counter() - start)
+        logger.info("image %s (%s) scaled to float16 in %.2fs", path, "x".join(map(str, image.shape)),
+                    time.perf_counter() - start)
 
 
-def settle_later(image: CachedImage) -> None:
+def settle_later(image: CachedImage, path: str = "") -> None:
     """`settle` in a background thread at the lowest CPU priority, where there is anything to do: it must not slow
     the clicks that come meanwhile (a cold first click on another image took 0.1-0.4 s longer beside it)."""
     if isinstance(image.normalized, ScaledVolume) and not image.normalized.settled:
-        threading.Thread(target=_settle_politely, args=(image,), name="limnet-settle", daemon=True).start()
+        threading.Thread(target=_settle_politely, args=(image, path), name="limnet-settle", daemon=True).start()
 
 
-def _settle_politely(image: CachedImage) -> None:
-    try:  # Linux schedules threads one by one: this one alone goes to the back of the queue
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        pass
-    settle(image)
+def _settle_politely(image: CachedImage, path: str = "") -> None:
+    if sys.platform.startswith("linux"):  # Linux schedules threads one by one: this one goes to the back of the queue
+        try:  # (elsewhere a thread's id is no process id, and the call could reach another process)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:  # pragma: no cover - a container that forbids it: settle at the usual priority
+            pass
+    settle(image, path)
 
 
 FOLLOW_TIMES = 4  # continuations per direction when a request asks to follow the object (validation's setting)
@@ -320,7 +323,7 @@ class LimNetInfer(BasicInferTask):
             else:
                 mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion, follow=settings[1])
         self.store.put(key, state)
-        settle_later(image)  # a float image is scaled whole once its first click is answered
+        settle_later(image, path)  # a float image is scaled whole once its first click is answered
         data["pred"] = MetaTensor(torch.from_numpy(mask.view(np.uint8)), affine=image.affine)
         data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": state.mask_voxels()}
         return data
