@@ -98,7 +98,9 @@ def stack(orthanc_server, tmp_path_factory):
     app = copy_app(tmp_path_factory.mktemp("app"))
     log = open(work / "server.log", "w+")
     try:
-        server, url = start_server(app, orthanc_server["dicomweb"], log=log, HOME=str(tmp_path_factory.mktemp("home")))
+        # answers gzip-encoded as a remote viewer gets them (on loopback the default sends them raw)
+        server, url = start_server(app, orthanc_server["dicomweb"], log=log, conf={"answer_gzip": "always"},
+                                   HOME=str(tmp_path_factory.mktemp("home")))
     except RuntimeError:
         log.seek(0)
         raise RuntimeError("server did not start:\n" + log.read()[-3000:]) from None
@@ -211,6 +213,7 @@ def _segment_in_ohif(page, stack) -> dict:
     page.screenshot(path=shot)
     after = page.screenshot(clip=axial, path=os.path.join(ARTIFACTS, "ohif_limnet_axial.png"))
     return {"click": [i, j, k], "sent": _foreground(response.request), "status": response.status,
+            "encoding": response.headers.get("content-encoding"),
             "answer": response.body(), "labelmap": _labelmap(page, dims), "dims": dims, "before": before,
             "after": after, "screenshot": shot, "t_image": t_image, "t_mask": t_mask}
 
@@ -220,12 +223,14 @@ def test_limnet_mask_appears_in_ohif_on_the_clicked_structure(stack, segmented):
     from PIL import Image
 
     assert segmented["status"] == 200
+    assert segmented["encoding"] == "gzip", "the browser asked for gzip and the answer came deflated"
     i, j, k = segmented["click"]
     sent = segmented["sent"]
     assert len(sent) == 1 and max(abs(a - b) for a, b in zip(sent[0], segmented["click"])) <= 1, \
         f"the click on the canvas reached the server as voxel {sent}, not {segmented['click']}"
 
-    # the viewer's labelmap is exactly the server's answer (raw NRRD copied into the labelmap, same voxel order)
+    # the viewer's labelmap is exactly the server's answer (raw NRRD, inflated by the browser, copied into the
+    # labelmap in the same voxel order)
     path = os.path.join(str(stack["app_dir"]), "answer.nrrd")
     with open(path, "wb") as f:
         f.write(segmented["answer"])

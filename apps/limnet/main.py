@@ -55,7 +55,7 @@ class MyApp(MONAILabelApp):
             self.models[n] = getattr(__import__(module, fromlist=[cls]), cls)()
             self.models[n].init(n, self.model_dir, conf, None)
         logger.info("+++ Using models: %s", list(self.models))
-        lib.server_patches.install()
+        lib.server_patches.install(answer_gzip=conf.get("answer_gzip", "auto").lower())
         super().__init__(
             app_dir=app_dir,
             studies=studies,

@@ -15,13 +15,17 @@
 
 And one addition: when a client fetches an image (`GET /datastore/image`, as Slicer does before the first click), or
 a viewer reads a series through the DICOMweb proxy (`/proxy/dicom/...`, as OHIF does when it opens one), the infer
-tasks start fetching, reading and normalising it in the background, so the first click does not pay for it.
+tasks start fetching, reading and normalising it in the background, so the first click does not pay for it. And a
+click's answer is sent gzip-encoded to clients that accept it (`Accept-Encoding: gzip`, as every browser sends):
+a CT's label volume is 78 MB raw and about 0.2 MB deflated, which over a network is the difference between
+seconds and a blink (`CompressAnswers`).
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import ipaddress
 import json
 import logging
 import mimetypes
@@ -41,6 +45,7 @@ from monailabel.interfaces.exception import (
     MONAILabelError,
     MONAILabelException,
 )
+from starlette.datastructures import MutableHeaders
 
 from lib.validation import check_name, invalid
 
@@ -293,8 +298,93 @@ class PrefetchFetchedImages:
         await self.app(scope, receive, watch)
 
 
-def install() -> None:
-    """Register the handlers on monailabel's FastAPI app if this process is the server."""
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _accepts_gzip(headers) -> bool:
+    """Whether a request's Accept-Encoding admits gzip (RFC 9110: `gzip` or `*`, with a q-value above 0)."""
+    accept = b",".join(v for k, v in headers if k.lower() == b"accept-encoding").decode("latin-1").lower()
+    for part in accept.split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip() in ("gzip", "x-gzip", "*"):
+            q = params.strip()
+            try:
+                return not q.startswith("q=") or float(q[2:]) > 0
+            except ValueError:
+                return False
+    return False
+
+
+class CompressAnswers:
+    """gzip-encodes the answers of `POST /infer/...` (HTTP `Content-Encoding`) for clients that accept it.
+
+    A click's answer is a whole label volume: 78 MB for a 512x512x300 CT, nearly all zeros. Over a 1 Gbit/s network
+    that is 0.6 s a click, over 100 Mbit/s 6 s. Deflated (ISA-L, level 1: about 10 ms for those 78 MB here) it is a
+    few hundred KB. Browsers (OHIF) ask for gzip and inflate it themselves; MONAI Label's own client (Slicer) sends
+    no Accept-Encoding and gets the raw bytes, as does any client that sends `Accept-Encoding: identity`. An answer
+    already gzip-compressed (a `.nii.gz` file) is sent as it is. On loopback the raw bytes are quicker (Chromium
+    here took about 0.1 s longer per CT answer to inflate it than to receive it raw), so with `mode` "auto" (the
+    default) a client on the server's own machine gets them raw; "always" compresses for loopback clients too (a
+    reverse proxy on the same machine). Plain ASGI, streaming: each 4 MB read is deflated as it goes out."""
+
+    def __init__(self, app, mode: str = "auto", level: int = 1) -> None:
+        self.app = app
+        self.mode = mode
+        self.level = level
+
+    def _wanted(self, scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/infer/"):
+            return False
+        if self.mode == "auto" and _is_loopback((scope.get("client") or ("", 0))[0]):
+            return False
+        headers = scope["headers"]
+        return _accepts_gzip(headers) and not any(k.lower() == b"range" for k, _ in headers)
+
+    def _compressor(self):
+        try:
+            from isal import isal_zlib as codec
+        except ImportError:  # pragma: no cover - isal is a requirement; zlib at level 1 is some 10x slower
+            import zlib as codec
+        return codec.compressobj(self.level, codec.DEFLATED, 16 + codec.MAX_WBITS)  # gzip framing
+
+    async def __call__(self, scope, receive, send) -> None:
+        if not self._wanted(scope):
+            await self.app(scope, receive, send)
+            return
+        deflate = None
+
+        async def compressed(message) -> None:
+            nonlocal deflate
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                disposition = headers.get("content-disposition", "").lower()
+                if (message["status"] == 200 and "content-encoding" not in headers
+                        and "gzip" not in headers.get("content-type", "") and ".gz" not in disposition):
+                    deflate = self._compressor()
+                    for name in ("content-length", "accept-ranges", "etag"):  # they described the raw bytes
+                        del headers[name]
+                    headers["content-encoding"] = "gzip"
+                headers.add_vary_header("Accept-Encoding")
+            elif message["type"] == "http.response.body" and deflate is not None:
+                more = message.get("more_body", False)
+                body = deflate.compress(message.get("body", b""))
+                if not more:
+                    body += deflate.flush()
+                message = {"type": "http.response.body", "body": body, "more_body": more}
+            await send(message)
+
+        await self.app(scope, receive, compressed)
+
+
+def install(answer_gzip: str = "auto") -> None:
+    """Register the handlers on monailabel's FastAPI app if this process is the server. `answer_gzip` (`--conf
+    answer_gzip auto|always|never`): when to gzip a click's answer for clients that accept it (`CompressAnswers`)."""
+    if answer_gzip not in ("auto", "always", "never"):
+        raise ValueError(f"answer_gzip must be auto, always or never, not {answer_gzip!r}")
     server = sys.modules.get("monailabel.app")
     if server is None or not hasattr(server, "app"):
         return
@@ -332,4 +422,6 @@ def install() -> None:
     app.add_exception_handler(OSError, _disk_full)
     app.middleware_stack = None  # rebuilt on the next request, now with these handlers
     app.add_middleware(PrefetchFetchedImages)
+    if answer_gzip != "never":
+        app.add_middleware(CompressAnswers, mode=answer_gzip)
     app.middleware_stack = None

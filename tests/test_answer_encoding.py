@@ -1,0 +1,100 @@
+"""A click's answer gzip-encoded on the wire (HTTP Content-Encoding) for clients that accept it, through the real
+server on loopback: the same bytes once inflated, a fraction of them on the wire; raw for MONAI Label's own client
+(Slicer's wire code) and for clients on the server's machine unless `--conf answer_gzip always`."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import nrrd
+import numpy as np
+import pytest
+import requests
+from conftest import copy_app, start_server, stop_server
+from monailabel.client import MONAILabelClient
+
+
+@pytest.fixture(scope="module")
+def always(studies, tmp_path_factory):
+    """A second server, started with `--conf answer_gzip always` (as behind a reverse proxy on the same machine)."""
+    app = copy_app(tmp_path_factory.mktemp("app_gzip"))
+    log = open(tmp_path_factory.mktemp("log_gzip") / "server.log", "w+")
+    try:
+        proc, url = start_server(app, studies["folder"], log=log, conf={"answer_gzip": "always"},
+                                 HOME=str(tmp_path_factory.mktemp("home_gzip")))
+    except RuntimeError:
+        log.seek(0)
+        raise RuntimeError("server did not start:\n" + log.read()[-3000:]) from None
+    yield url
+    stop_server(proc)
+
+
+def _click(studies) -> list:
+    case = studies["blob"]
+    k = int(np.argmax(case.label.sum((0, 1))))
+    xs, ys = np.nonzero(case.label[:, :, k])
+    return [int(xs[len(xs) // 2]), int(ys[len(ys) // 2]), k]
+
+
+def _post(url: str, click: list, encoding: str, output: str = "image", **extra) -> requests.Response:
+    params = {"foreground": [click], "background": [], "client_id": f"enc-{encoding}-{output}",
+              "result_extension": ".nrrd", "result_compress": False, **extra}
+    query = f"image=blob&output={output}" if output else "image=blob"
+    return requests.post(f"{url}/infer/limnet?{query}", data={"params": json.dumps(params)},
+                         headers={"Accept-Encoding": encoding}, stream=True)
+
+
+def test_an_answer_is_gzipped_for_a_client_that_accepts_it(always, studies):
+    click = _click(studies)
+    plain = _post(always, click, "identity")
+    raw = plain.raw.read(decode_content=False)
+    assert plain.status_code == 200 and "content-encoding" not in plain.headers
+    assert int(plain.headers["content-length"]) == len(raw)
+
+    packed = _post(always, click, "gzip, deflate, br")  # what a browser sends
+    wire = packed.raw.read(decode_content=False)
+    assert packed.status_code == 200 and packed.headers["content-encoding"] == "gzip"
+    assert "content-length" not in packed.headers  # streamed as it is deflated
+    assert "accept-encoding" in packed.headers["vary"].lower()
+    assert zlib.decompress(wire, 16 + zlib.MAX_WBITS) == raw, "the same answer once inflated"
+    assert len(wire) < len(raw) / 20, (len(wire), len(raw))
+    header, body = raw.split(b"\n\n", 1)
+    assert b"encoding: raw" in header and np.frombuffer(body, np.uint8).any(), "a raw NRRD with the mask in it"
+
+    # a q-value of 0 refuses gzip
+    refused = _post(always, click, "gzip;q=0, identity")
+    assert "content-encoding" not in refused.headers and refused.raw.read() == raw
+
+
+def test_multipart_and_compressed_answers(always, studies):
+    click = _click(studies)
+    # MONAI Label's default answer (multipart: params and the label file), decoded by requests as a browser would
+    multipart = _post(always, click, "gzip", output="")
+    assert multipart.headers["content-encoding"] == "gzip"
+    body = multipart.content  # requests inflates it
+    assert b'name="params"' in body and b"NRRD0004" in body
+    # a .nii.gz answer is compressed already: sent as it is
+    nifti = _post(always, click, "gzip", result_extension=".nii.gz")
+    assert nifti.status_code == 200 and "content-encoding" not in nifti.headers
+    assert nifti.raw.read(decode_content=False)[:2] == b"\x1f\x8b"
+    # errors pass untouched, with their message
+    bad = requests.post(f"{always}/infer/limnet?image=no_such_image&output=image",
+                        data={"params": json.dumps({"foreground": [click], "background": []})},
+                        headers={"Accept-Encoding": "gzip"})
+    assert bad.status_code == 404 and "content-encoding" not in bad.headers and "not found" in bad.text
+
+
+def test_slicer_and_loopback_clients_get_the_raw_answer(server, always, studies):
+    """MONAI Label's client (http.client, as Slicer's plugin) sends no gzip and gets raw bytes from either server;
+    the default server (`answer_gzip` auto) sends raw bytes to a client on its own machine even when asked for
+    gzip (inflating 78 MB costs a browser more here than receiving it over loopback)."""
+    click = _click(studies)
+    for url in (server["url"], always):
+        path, meta = MONAILabelClient(url).infer("limnet", "blob", {
+            "foreground": [click], "background": [], "client_id": "enc-slicer", "result_extension": ".nrrd",
+            "label": "target"})
+        mask, header = nrrd.read(path)
+        assert header["encoding"] == "raw" and mask[tuple(click)] > 0
+    local = _post(server["url"], click, "gzip, deflate")
+    assert "content-encoding" not in local.headers and "content-length" in local.headers
