@@ -8,13 +8,16 @@ before) and one with `always`; the client asks both for gzip, as a browser does,
 (loopback) or through a relay on loopback that paces the server's bytes to the link's bandwidth (`--links`, Mbit/s;
 bandwidth only, no added latency). Per link and server a fresh interaction clicks the same robot sequence on an
 image the server has prepared (`GET /datastore/image` first, as Slicer does). The client is Python (`requests`;
-urllib3 inflates with zlib) or, with `--client chromium`, Debian's Chromium through Playwright sending OHIF's
-request with `fetch` from a page of the server's origin (the browser inflates). Dice of the last answer against
+urllib3 inflates with zlib), with `--client chromium` Debian's Chromium through Playwright sending OHIF's request
+with `fetch` from a page of the server's origin (the browser inflates), or with `--client slicer` MONAI Label's
+own client as Slicer's plugin sends the click (no HTTP gzip: the `always` server answers with a gzip NRRD), the
+answer read back into an array with pynrrd. Dice of the last answer against
 the truth is printed, so that the two ways are seen to carry the same mask.
 
     .venv/bin/python scripts/benchmark_network.py                  # the 60-voxel phantom, loopback, 1000, 100 Mbit/s
     .venv/bin/python scripts/benchmark_network.py --real           # and the held-out thin-slice chest CT
     .venv/bin/python scripts/benchmark_network.py --real --client chromium
+    .venv/bin/python scripts/benchmark_network.py --real --client slicer
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import os
 import platform
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -36,6 +40,9 @@ import psutil
 import requests
 from benchmark_speed import fmt, mask_dice, phantom, real_case, robot_clicks
 from serverctl import free_port, start_server, stop_server
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "limnet"))
+from lib.data.robot import dice  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,6 +105,23 @@ def click(url: str, image: str, fg, bg, client: str) -> tuple[float, int, bytes]
     return seconds, r.raw.tell(), content
 
 
+def slicer_click(url: str, image: str, fg, bg, client: str) -> tuple[float, int, np.ndarray]:
+    """The same, sent by MONAI Label's client as Slicer's plugin sends it (http.client, no HTTP gzip; the answer
+    saved to a file) and read back as an array (`nrrd.read`, inflating a gzip NRRD as Slicer's reader would)."""
+    import nrrd
+    from monailabel.client import MONAILabelClient
+
+    t = time.perf_counter()
+    path, _ = MONAILabelClient(url).infer("limnet", image, {"foreground": fg, "background": bg, "client_id": client,
+                                                            "label": "target", "result_extension": ".nrrd",
+                                                            "result_dtype": "uint8"})
+    mask = nrrd.read(path)[0]
+    seconds = time.perf_counter() - t
+    size = os.path.getsize(path)
+    os.remove(path)
+    return seconds, size, mask
+
+
 BROWSER_CLICKS = """async ([image, clicks, client]) => {
   const out = [];
   for (let i = 1; i <= clicks.length; i++) {
@@ -139,11 +163,15 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--links", default="1000,100", help="paced links to add to loopback, Mbit/s, comma-separated")
     p.add_argument("--real", action="store_true", help="add the held-out thin-slice chest CT with its lung tumour")
-    p.add_argument("--client", choices=("python", "chromium"), default="python",
-                   help="python (requests) or Debian's chromium through Playwright (fetch, as OHIF)")
+    p.add_argument("--client", choices=("python", "chromium", "slicer"), default="python",
+                   help="python (requests), Debian's chromium through Playwright (fetch, as OHIF), or slicer "
+                        "(MONAI Label's client, as Slicer's plugin; the answer read back with pynrrd)")
     args = p.parse_args()
     links = [0.0] + [float(v) for v in args.links.split(",") if v.strip()]
     work = tempfile.mkdtemp(prefix="limnet-bench-")
+    # monailabel.client saves an answer under tempfile's folder with the server's file name: keep them apart
+    tempfile.tempdir = os.path.join(work, "client")
+    os.makedirs(tempfile.tempdir)
     studies = os.path.join(work, "studies")
     os.makedirs(studies)
     truth = {}
@@ -195,10 +223,12 @@ def main() -> None:
                         fg, times, sizes = [], [], []
                         for c, _ in clicks:
                             fg.append(c)
-                            seconds, size, content = click(base, name, list(fg), [], client)
+                            send = slicer_click if args.client == "slicer" else click
+                            seconds, size, content = send(base, name, list(fg), [], client)
                             times.append(seconds)
                             sizes.append(size)
-                    rows.append((name, mbit, encoding, times, sizes, mask_dice(content, gt)))
+                    d = dice(content > 0, gt) if isinstance(content, np.ndarray) else mask_dice(content, gt)
+                    rows.append((name, mbit, encoding, times, sizes, d))
                     print(f"  {name} {mbit or 'loopback'} {encoding}: " + " ".join(f"{t:.2f}" for t in times),
                           flush=True)
     finally:

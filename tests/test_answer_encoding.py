@@ -1,6 +1,7 @@
-"""A click's answer gzip-encoded on the wire (HTTP Content-Encoding) for clients that accept it, through the real
-server on loopback: the same bytes once inflated, a fraction of them on the wire; raw for MONAI Label's own client
-(Slicer's wire code) and for clients on the server's machine unless `--conf answer_gzip always`."""
+"""A click's answer gzip-encoded on the wire for a client on another machine, through the real server on loopback
+(`--conf answer_gzip always` stands for the other machine): HTTP Content-Encoding for clients that accept it (the
+same bytes once inflated, a fraction of them on the wire), a gzip NRRD for MONAI Label's own client (Slicer's wire
+code), which takes no HTTP gzip; raw answers for clients on the server's machine by default."""
 
 from __future__ import annotations
 
@@ -85,16 +86,22 @@ def test_multipart_and_compressed_answers(always, studies):
     assert bad.status_code == 404 and "content-encoding" not in bad.headers and "not found" in bad.text
 
 
-def test_slicer_and_loopback_clients_get_the_raw_answer(server, always, studies):
-    """MONAI Label's client (http.client, as Slicer's plugin) sends no gzip and gets raw bytes from either server;
-    the default server (`answer_gzip` auto) sends raw bytes to a client on its own machine even when asked for
-    gzip (inflating 78 MB costs a browser more here than receiving it over loopback)."""
+def test_slicer_gets_a_gzip_nrrd_and_loopback_clients_the_raw_answer(server, always, studies):
+    """MONAI Label's client (http.client, as Slicer's plugin) takes no HTTP gzip: an answer that travels (here
+    `always`) comes as a gzip-encoded NRRD with the same mask, unless the request says `result_compress`; the
+    default server (`answer_gzip` auto) answers a client on its own machine raw, even one asking for gzip."""
     click = _click(studies)
-    for url in (server["url"], always):
+    masks = {}
+    for name, url, extra in (("local", server["url"], {}), ("travels", always, {}),
+                             ("travels, raw asked", always, {"result_compress": False})):
         path, meta = MONAILabelClient(url).infer("limnet", "blob", {
             "foreground": [click], "background": [], "client_id": "enc-slicer", "result_extension": ".nrrd",
-            "label": "target"})
-        mask, header = nrrd.read(path)
-        assert header["encoding"] == "raw" and mask[tuple(click)] > 0
+            "label": "target", **extra})
+        masks[name], header = nrrd.read(path)
+        assert header["encoding"] == ("gzip" if name == "travels" else "raw"), name
+        assert masks[name][tuple(click)] > 0
+    assert np.array_equal(masks["local"], masks["travels"]) and np.array_equal(masks["local"], masks["travels, raw asked"])
     local = _post(server["url"], click, "gzip, deflate")
     assert "content-encoding" not in local.headers and "content-length" in local.headers
+    body = local.raw.read()
+    assert b"encoding: raw" in body[:400], "OHIF-style requests say result_compress false and get a raw NRRD"

@@ -47,6 +47,7 @@ from monailabel.interfaces.exception import (
 )
 from starlette.datastructures import MutableHeaders
 
+from lib.infers.result_writer import GZIP_BY_DEFAULT
 from lib.validation import check_name, invalid
 
 logger = logging.getLogger(__name__)
@@ -324,9 +325,10 @@ class CompressAnswers:
 
     A click's answer is a whole label volume: 78 MB for a 512x512x300 CT, nearly all zeros. Over a 1 Gbit/s network
     that is 0.6 s a click, over 100 Mbit/s 6 s. Deflated (ISA-L, level 1: about 10 ms for those 78 MB here) it is a
-    few hundred KB. Browsers (OHIF) ask for gzip and inflate it themselves; MONAI Label's own client (Slicer) sends
-    no Accept-Encoding and gets the raw bytes, as does any client that sends `Accept-Encoding: identity`. An answer
-    already gzip-compressed (a `.nii.gz` file) is sent as it is. On loopback the raw bytes are quicker (Chromium
+    few hundred KB. Browsers (OHIF) ask for gzip and inflate it themselves. MONAI Label's own client (Slicer) takes
+    no HTTP gzip (`Accept-Encoding: identity`): its NRRD answer is gzip-encoded inside the file instead
+    (`result_writer.GZIP_BY_DEFAULT`, unless the request says `result_compress`), which Slicer's reader inflates.
+    An answer already gzip-compressed (a `.nii.gz` file) is sent as it is. On loopback the raw bytes are quicker (Chromium
     here took about 0.1 s longer per CT answer to inflate it than to receive it raw), so with `mode` "auto" (the
     default) a client on the server's own machine gets them raw; "always" compresses for loopback clients too (a
     reverse proxy on the same machine). Plain ASGI, streaming: each 4 MB read is deflated as it goes out."""
@@ -336,13 +338,9 @@ class CompressAnswers:
         self.mode = mode
         self.level = level
 
-    def _wanted(self, scope) -> bool:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/infer/"):
-            return False
-        if self.mode == "auto" and _is_loopback((scope.get("client") or ("", 0))[0]):
-            return False
-        headers = scope["headers"]
-        return _accepts_gzip(headers) and not any(k.lower() == b"range" for k, _ in headers)
+    def _travels(self, scope) -> bool:
+        """Whether the answer goes to another machine (as far as the mode lets the server tell)."""
+        return self.mode == "always" or not _is_loopback((scope.get("client") or ("", 0))[0])
 
     def _compressor(self):
         try:
@@ -352,7 +350,15 @@ class CompressAnswers:
         return codec.compressobj(self.level, codec.DEFLATED, 16 + codec.MAX_WBITS)  # gzip framing
 
     async def __call__(self, scope, receive, send) -> None:
-        if not self._wanted(scope):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/infer/"):
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        travels = self._travels(scope)
+        encode = travels and _accepts_gzip(headers) and not any(k.lower() == b"range" for k, _ in headers)
+        # a client that takes no HTTP gzip (Slicer's) gets a gzip NRRD instead, unless its request says otherwise
+        GZIP_BY_DEFAULT.set(travels and not encode)  # this request's context: the endpoint's thread gets a copy
+        if not encode:
             await self.app(scope, receive, send)
             return
         deflate = None

@@ -31,7 +31,7 @@ from lib.net.bundle import LimNet
 from lib.validation import check_image_complete, check_image_header, check_volume
 
 from .nifti_reader import read_nifti
-from .result_writer import write_label_nrrd
+from .result_writer import GZIP_BY_DEFAULT, write_label_nrrd
 
 logger = logging.getLogger(__name__)
 
@@ -339,7 +339,8 @@ class LimNetInfer(BasicInferTask):
         if ext != ".nrrd":
             return super().writer(data, extension, dtype)
         pred = data["pred"]
-        compress = str(data.get("result_compress", False)).lower() in ("1", "true", "yes")
+        asked = data.get("result_compress")  # unsaid (Slicer): gzip when the answer goes to another machine
+        compress = GZIP_BY_DEFAULT.get() if asked is None else str(asked).lower() in ("1", "true", "yes")
         mask = pred.as_tensor().cpu().numpy()  # not `.array`, which copies the Fortran-ordered buffer into C order
         path = write_label_nrrd(mask, pred.affine, dtype or data.get("result_dtype") or "uint8", compress)
         return path, data.get("result", {})
