@@ -327,8 +327,9 @@ class CompressAnswers:
     that is 0.6 s a click, over 100 Mbit/s 6 s. Deflated (ISA-L, level 1: about 10 ms for those 78 MB here) it is a
     few hundred KB. Browsers (OHIF) ask for gzip and inflate it themselves. MONAI Label's own client (Slicer) takes
     no HTTP gzip (`Accept-Encoding: identity`): its NRRD answer is gzip-encoded inside the file instead
-    (`result_writer.GZIP_BY_DEFAULT`, unless the request says `result_compress`), which Slicer's reader inflates.
-    An answer already gzip-compressed (a `.nii.gz` file) is sent as it is. On loopback the raw bytes are quicker (Chromium
+    (`result_writer.GZIP_BY_DEFAULT`, unless the request says `result_compress`), which Slicer's reader inflates;
+    on loopback too when the answer is multipart, as that client's is. An answer already gzip-compressed (a
+    `.nii.gz` file) is sent as it is. On loopback the raw bytes are quicker (Chromium
     here took about 0.1 s longer per CT answer to inflate it than to receive it raw), so with `mode` "auto" (the
     default) a client on the server's own machine gets them raw; "always" compresses for loopback clients too (a
     reverse proxy on the same machine). Plain ASGI, streaming: each 4 MB read is deflated as it goes out."""
@@ -356,8 +357,11 @@ class CompressAnswers:
         headers = scope["headers"]
         travels = self._travels(scope)
         encode = travels and _accepts_gzip(headers) and not any(k.lower() == b"range" for k, _ in headers)
-        # a client that takes no HTTP gzip (Slicer's) gets a gzip NRRD instead, unless its request says otherwise
-        GZIP_BY_DEFAULT.set(travels and not encode)  # this request's context: the endpoint's thread gets a copy
+        output = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("output", ["all"])[0]
+        # a client that takes no HTTP gzip gets a gzip NRRD instead, unless its request says `result_compress`: when
+        # the answer travels, or comes multipart (MONAI Label's default answer, Slicer's: the server joins the whole
+        # file into one string and the client parses it back, which for 78 MB cost more than inflating does)
+        GZIP_BY_DEFAULT.set(not encode and (travels or output in ("all", "")))  # the endpoint's thread gets a copy
         if not encode:
             await self.app(scope, receive, send)
             return
