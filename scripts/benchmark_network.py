@@ -23,15 +23,12 @@ the truth is printed, so that the two ways are seen to carry the same mask.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import shutil
-import socket
 import sys
 import tempfile
-import threading
 import time
 
 import nibabel as nib
@@ -39,56 +36,13 @@ import numpy as np
 import psutil
 import requests
 from benchmark_speed import fmt, mask_dice, phantom, real_case, robot_clicks
-from serverctl import free_port, start_server, stop_server
+from relay import Relay
+from serverctl import start_server, stop_server
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "apps", "limnet"))
 from lib.data.robot import dice  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-class PacedRelay:
-    """A TCP relay on loopback that forwards the server's bytes at `mbit` Mbit/s (the client's bytes unpaced)."""
-
-    def __init__(self, target_port: int, mbit: float) -> None:
-        self.target_port, self.rate = target_port, mbit * 1e6 / 8  # bytes per second
-        self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        threading.Thread(target=self._run, args=(ready,), daemon=True).start()
-        ready.wait(10)
-
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
-        ready.set()
-        self.loop.run_forever()
-
-    async def _pipe(self, reader, writer, paced: bool) -> None:
-        due = self.loop.time()
-        try:
-            while data := await reader.read(256 << 10):
-                writer.write(data)
-                await writer.drain()
-                if paced:
-                    due = max(due, self.loop.time()) + len(data) / self.rate
-                    delay = due - self.loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-
-    async def _serve(self, client_reader, client_writer) -> None:
-        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        for sock in (client_writer.get_extra_info("socket"), server_writer.get_extra_info("socket")):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.gather(self._pipe(client_reader, server_writer, False),
-                             self._pipe(server_reader, client_writer, True))
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 def click(url: str, image: str, fg, bg, client: str) -> tuple[float, int, bytes]:
@@ -196,7 +150,7 @@ def main() -> None:
                                          MONAI_LABEL_AUTO_UPDATE_SCORING="false")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GB; "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; client {args.client}")
-    relays = {(encoding, mbit): PacedRelay(int(url.rsplit(":", 1)[1]), mbit)
+    relays = {(encoding, mbit): Relay(int(url.rsplit(":", 1)[1]), mbit)
               for encoding, (_, url) in servers.items() for mbit in links if mbit}
     rows = []
     playwright = browser = None

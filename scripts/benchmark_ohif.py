@@ -9,8 +9,14 @@ Per series, one of two ways, alternating:
   preparation took after the proxied read is printed too: a user who clicks sooner waits for the rest of it.
 Then one later click (a second positive point) for reference. Prints a table (median, min, max per way).
 
+With `--viewer-load N`, instead: a viewer loading a series as OHIF does (its metadata, then every frame with 6
+requests in flight, a browser's limit per host), N times from Orthanc directly and N times through the server's
+DICOMweb proxy (`/proxy/dicom/...`, where OHIF's requests go), alternating, while a probe times `GET /info/` every
+50 ms (how long the server keeps other requests, a click's answer among them, waiting).
+
     .venv/bin/python scripts/benchmark_ohif.py               # 4 series (2 per way)
     .venv/bin/python scripts/benchmark_ohif.py --series 6    # 3 per way
+    .venv/bin/python scripts/benchmark_ohif.py --viewer-load 3
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -58,11 +65,68 @@ def fmt(v: list[float]) -> str:
     return f"{np.median(v):.2f} | {min(v):.2f} | {max(v):.2f}"
 
 
+def load_series(base: str, study: str, uid: str, probe_url: str) -> tuple[float, int, list[float]]:
+    """(seconds to read a series' metadata and every frame as a viewer does, bytes read, `probe_url` latencies)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop, latencies = threading.Event(), []
+
+    def probe() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            requests.get(probe_url, timeout=120)
+            latencies.append(time.perf_counter() - t)
+            time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    t0 = time.perf_counter()
+    try:
+        meta = requests.get(f"{base}/studies/{study}/series/{uid}/metadata", timeout=120)
+        meta.raise_for_status()
+        accept = {"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'}
+
+        def frame(sop: str) -> int:
+            r = requests.get(f"{base}/studies/{study}/series/{uid}/instances/{sop}/frames/1", headers=accept,
+                             timeout=120)
+            r.raise_for_status()
+            return len(r.content)
+
+        with ThreadPoolExecutor(6) as pool:
+            size = sum(pool.map(frame, [m["00080018"]["Value"][0] for m in meta.json()])) + len(meta.content)
+        return time.perf_counter() - t0, size, latencies
+    finally:
+        stop.set()
+        prober.join()
+
+
+def viewer_load(url: str, ourl: str, study: str, uid: str, reps: int) -> None:
+    rows: dict[str, dict[str, list]] = {"Orthanc directly": {"s": [], "probe": []},
+                                        "through the server's proxy": {"s": [], "probe": []}}
+    size = 0
+    for _ in range(reps):
+        for way, base in (("Orthanc directly", f"{ourl}/dicom-web"),
+                          ("through the server's proxy", f"{url}/proxy/dicom/wado")):
+            seconds, size, probe = load_series(base, study, uid, f"{url}/info/")
+            rows[way]["s"].append(seconds)
+            rows[way]["probe"] += probe
+            print(f"  {way}: {seconds:.2f} s", flush=True)
+    print("\n| series read from | loads | bytes | seconds, median | min | max | GET /info/ meanwhile ms, median | max |")
+    print("|---" * 8 + "|")
+    for way, r in rows.items():
+        print(f"| {way} | {len(r['s'])} | {size:,} | {fmt(r['s'])} | {np.median(r['probe']) * 1000:.0f} | "
+              f"{max(r['probe']) * 1000:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--series", type=int, default=4)
     p.add_argument("--shape", default="512,512,300")
+    p.add_argument("--viewer-load", type=int, default=0, metavar="N",
+                   help="only time a viewer's loads of one series, N times each way")
     args = p.parse_args()
+    if args.viewer_load:
+        args.series = 1
     shape = tuple(int(s) for s in args.shape.split(","))
     work = tempfile.mkdtemp(prefix="limnet-ohif-bench-")
     olog = open(os.path.join(work, "orthanc.log"), "w")
@@ -89,6 +153,13 @@ def main() -> None:
                                  HOME=work)
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M')}; "
               f"series {'x'.join(map(str, shape))} int16 CT, Orthanc on loopback")
+        if args.viewer_load:
+            try:
+                viewer_load(url, ourl, series[0][1], series[0][0], args.viewer_load)
+            finally:
+                stop_server(proc)
+                log.close()
+            return
         rows: dict[str, dict[str, list[float]]] = {"cold": {"first": [], "later": []},
                                                    "opened": {"first": [], "later": [], "prepare": []}}
         try:

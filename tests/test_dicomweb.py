@@ -20,6 +20,7 @@ import orthanc
 import pytest
 import requests
 from conftest import copy_app, orthanc_missing_reason, start_server, stop_server, viewer_index_space
+from relay import Relay
 
 pytestmark = pytest.mark.skipif(orthanc_missing_reason() is not None, reason=str(orthanc_missing_reason()))
 
@@ -55,10 +56,14 @@ def dicom_stack(orthanc_server, tmp_path_factory):
     viewer_truth["viewed"] = viewer_truth["ras"]
     app = copy_app(tmp_path_factory.mktemp("app"))
     mlog = open(work / "server.log", "w+")
-    server, murl = start_server(app, f"{url}/dicom-web", log=mlog, HOME=str(tmp_path_factory.mktemp("home")))
+    # the server reaches Orthanc through a relay that a test can slow down (a PACS that takes its time)
+    relay = Relay(int(url.rsplit(":", 1)[1]))
+    server, murl = start_server(app, f"http://127.0.0.1:{relay.port}/dicom-web", log=mlog,
+                                HOME=str(tmp_path_factory.mktemp("home")))
     yield {"orthanc": url, "server": murl, "series": series, "truth": truth, "viewer_truth": viewer_truth,
-           "log": work / "server.log"}
+           "log": work / "server.log", "relay": relay}
     stop_server(server)
+    relay.close()
 
 
 def _ohif_infer(murl: str, series_uid: str, fg: list) -> tuple[np.ndarray, str]:
@@ -325,3 +330,30 @@ def test_working_folders_of_killed_downloads_are_removed_when_stale(tmp_path):
         os.utime(path, (hours_ago, hours_ago))
     assert remove_stale_downloads(str(tmp_path)) == [str(old)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, other.name])
+
+
+def test_the_dicomweb_proxy_forwards_in_parallel_and_the_server_keeps_answering(dicom_stack):
+    """A viewer's reads through the server's `/proxy/dicom` while the PACS takes 1 s per answer: four at once take
+    about 1 s, not 4 (MONAI Label 0.8.5 forwarded them one at a time inside the event loop), and the server answers
+    other requests meanwhile."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    murl, relay = dicom_stack["server"], dicom_stack["relay"]
+    query = f"{murl}/proxy/dicom/qido/studies?ModalitiesInStudy=CT"
+    requests.get(query, timeout=60).raise_for_status()
+    relay.delay = 1.0
+    try:
+        with ThreadPoolExecutor(5) as pool:
+            t0 = time.perf_counter()
+            reads = [pool.submit(requests.get, query, timeout=60) for _ in range(4)]
+            time.sleep(0.3)
+            t = time.perf_counter()
+            info = requests.get(f"{murl}/info/", timeout=60)
+            info_seconds = time.perf_counter() - t
+            answers = [r.result() for r in reads]
+            elapsed = time.perf_counter() - t0
+    finally:
+        relay.delay = 0.0
+    assert all(a.status_code == 200 and a.json() for a in answers)
+    assert info.status_code == 200 and info_seconds < 0.5, f"/info/ waited {info_seconds:.2f} s behind the proxy"
+    assert elapsed < 2.5, f"four proxied reads took {elapsed:.2f} s: forwarded one at a time"
