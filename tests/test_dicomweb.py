@@ -54,6 +54,9 @@ def dicom_stack(orthanc_server, tmp_path_factory):
     series["viewed"] = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(work / "viewed"), "CT", "viewed")
     orthanc.upload(url, str(work / "viewed"))
     viewer_truth["viewed"] = viewer_truth["ras"]
+    # a series only the slow-click test touches (its first click downloads it)
+    series["slow"] = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(work / "slow"), "CT", "slow")
+    orthanc.upload(url, str(work / "slow"))
     app = copy_app(tmp_path_factory.mktemp("app"))
     mlog = open(work / "server.log", "w+")
     # the server reaches Orthanc through a relay that a test can slow down (a PACS that takes its time)
@@ -357,3 +360,30 @@ def test_the_dicomweb_proxy_forwards_in_parallel_and_the_server_keeps_answering(
     assert all(a.status_code == 200 and a.json() for a in answers)
     assert info.status_code == 200 and info_seconds < 0.5, f"/info/ waited {info_seconds:.2f} s behind the proxy"
     assert elapsed < 2.5, f"four proxied reads took {elapsed:.2f} s: forwarded one at a time"
+
+
+def test_files_are_served_while_a_click_is_computed(dicom_stack):
+    """A click runs in a worker thread: while a first click downloads its series from a slow PACS (the relay holds
+    every answer 1 s), the viewer's files are served at once (MONAI Label 0.8.5 computed clicks inside its event
+    loop, and every other request waited for the click to end)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    murl, relay, uid = dicom_stack["server"], dicom_stack["relay"], dicom_stack["series"]["slow"]
+    relay.delay = 1.0
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            t0 = time.perf_counter()
+            click = pool.submit(_ohif_infer, murl, uid, [[24, 58, 15]])
+            time.sleep(0.3)
+            t = time.perf_counter()
+            page = requests.get(f"{murl}/ohif/index.html", timeout=60)
+            page_seconds = time.perf_counter() - t
+            mask, _ = click.result(timeout=300)
+            click_seconds = time.perf_counter() - t0
+    finally:
+        relay.delay = 0.0
+    assert mask.any()
+    assert page.status_code == 200 and b"<html" in page.content.lower()
+    assert click_seconds > 1.0, f"the click took only {click_seconds:.2f} s: the PACS was not slow"
+    assert page_seconds < 0.5, \
+        f"a viewer's file waited {page_seconds:.2f} s behind a {click_seconds:.2f} s click"

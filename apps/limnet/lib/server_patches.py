@@ -24,8 +24,10 @@ seconds and a blink (`CompressAnswers`).
 from __future__ import annotations
 
 import asyncio
+import dis
 import errno
 import functools
+import inspect
 import ipaddress
 import json
 import logging
@@ -272,6 +274,75 @@ def _off_the_event_loop(proxy_dicom):
     return threaded
 
 
+# MONAI Label's request handlers, one at a time in worker threads (`_handlers_off_the_event_loop`)
+APP_WORK = threading.Lock()
+_STAY_ON_THE_LOOP = {"api_get_ohif"}  # the viewer's bundle files: quick, no app state, never behind a click
+_AWAITING = {"GET_AWAITABLE", "BEFORE_ASYNC_WITH", "GET_AITER", "SEND"}
+
+
+def _never_awaits(fn) -> bool:
+    """A coroutine function whose body awaits nothing: it runs to its end at its first step, blocking whatever
+    loop steps it (as MONAI Label 0.8.5's `async def api_*` handlers, which call blocking code directly)."""
+    return inspect.iscoroutinefunction(fn) and not any(i.opname in _AWAITING for i in dis.get_instructions(fn))
+
+
+def _stepped_in_a_worker_thread(handler):
+    """`handler` (a coroutine function that never awaits) run to its end in a worker thread, under `APP_WORK`."""
+
+    def run(values: dict):
+        with APP_WORK:
+            coroutine = handler(**values)
+            try:
+                coroutine.send(None)
+            except StopIteration as done:
+                return done.value
+            coroutine.close()
+            raise RuntimeError(f"{handler.__name__} awaited: it cannot run in a worker thread")
+
+    @functools.wraps(handler)  # FastAPI reads the handler's parameters through __wrapped__
+    async def threaded(**values):
+        return await run_in_threadpool(run, values)
+
+    threaded.limnet_threaded = True
+    return threaded
+
+
+def _api_routes(routes):
+    """The APIRoutes of a route list, included routers' too (FastAPI >= 0.120 keeps those as `_IncludedRouter`s
+    that build their handlers from the original routes on first use)."""
+    from fastapi.routing import APIRoute
+
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner:
+            yield from _api_routes(inner)
+
+
+def _handlers_off_the_event_loop(app) -> list[str]:
+    """Run MONAI Label's request handlers in worker threads, one at a time. In 0.8.5 every route is an `async def`
+    that calls the blocking work directly (inference, a series' download, a label's DICOM SEG conversion, a
+    session's upload), so the event loop was held for the whole of it: while a click was computed the server
+    forwarded no viewer's DICOMweb read, served no file and sent no earlier answer. Now such a handler runs in a
+    worker thread under one lock (`APP_WORK`): the app's code still runs one request at a time, as MONAI Label's
+    datastores and tasks were written for, and the event loop stays free for the rest. Handlers that do await
+    (the DICOMweb proxy, see `_off_the_event_loop`) and the viewer's bundle files stay where they are."""
+    moved = []
+    for route in _api_routes(app.router.routes):
+        handler = route.endpoint
+        if getattr(handler, "limnet_threaded", False) or not _never_awaits(handler):
+            continue
+        if handler.__name__ in _STAY_ON_THE_LOOP:
+            continue
+        threaded = _stepped_in_a_worker_thread(handler)
+        route.endpoint = threaded  # what an included router builds its handler from, on the first request
+        if getattr(route.dependant, "call", None) is handler:
+            route.dependant.call = threaded  # what a route's own handler calls, looked up on every request
+        moved.append(f"{','.join(sorted(route.methods))} {route.path}")
+    return moved
+
+
 _PROXIED_SERIES = re.compile(r"^/proxy/dicom/(?:wado|qido)/(?:.*/)?series/([0-9.]{1,64})(?:/|$)")
 
 
@@ -448,6 +519,9 @@ def install(answer_gzip: str = "auto") -> None:
     # the event loop; 4 MB reads send it several times faster (static OHIF files are smaller than one read anyway)
     FileResponse.chunk_size = max(FileResponse.chunk_size, 4 << 20)
     app = server.app
+    moved = _handlers_off_the_event_loop(app)
+    if moved:
+        logger.info("request handlers run in worker threads, one at a time: %d routes", len(moved))
     app.add_exception_handler(json.JSONDecodeError, _bad_json)
     app.add_exception_handler(MONAILabelException, _monailabel_error)
     app.add_exception_handler(requests.RequestException, _upstream_error)
