@@ -107,3 +107,12 @@ def test_slicer_gets_a_gzip_nrrd_and_ohif_on_loopback_the_raw_answer(server, alw
     assert "content-encoding" not in local.headers and "content-length" in local.headers
     body = local.raw.read()
     assert b"encoding: raw" in body[:400], "OHIF-style requests say result_compress false and get a raw NRRD"
+
+
+@pytest.mark.parametrize("host, local", [("127.0.0.1", True), ("127.0.1.1", True), ("::1", True),
+                                         ("::ffff:127.0.0.1", True), ("192.168.1.20", False),
+                                         ("::ffff:10.0.0.2", False), ("2001:db8::1", False), ("", False)])
+def test_which_clients_count_as_the_servers_own_machine(host, local):
+    from lib.server_patches import _is_loopback
+
+    assert _is_loopback(host) is local

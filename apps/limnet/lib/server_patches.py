@@ -390,10 +390,12 @@ class PrefetchFetchedImages:
 
 
 def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1, and ::ffff:127.x.y.z (a dual-stack socket's view of a local IPv4 client)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
 
 
 def _accepts_gzip(headers) -> bool:
