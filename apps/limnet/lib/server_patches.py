@@ -51,7 +51,7 @@ from monailabel.interfaces.exception import (
 )
 from starlette.datastructures import MutableHeaders
 
-from lib.infers.result_writer import GZIP_BY_DEFAULT
+from lib.infers.result_writer import GZIP_BY_DEFAULT, gzip_stream
 from lib.validation import check_name, invalid
 
 logger = logging.getLogger(__name__)
@@ -426,21 +426,13 @@ class CompressAnswers:
     default) a client on the server's own machine gets them raw; "always" compresses for loopback clients too (a
     reverse proxy on the same machine). Plain ASGI, streaming: each 4 MB read is deflated as it goes out."""
 
-    def __init__(self, app, mode: str = "auto", level: int = 1) -> None:
+    def __init__(self, app, mode: str = "auto") -> None:
         self.app = app
         self.mode = mode
-        self.level = level
 
     def _travels(self, scope) -> bool:
         """Whether the answer goes to another machine (as far as the mode lets the server tell)."""
         return self.mode == "always" or not _is_loopback((scope.get("client") or ("", 0))[0])
-
-    def _compressor(self):
-        try:
-            from isal import isal_zlib as codec
-        except ImportError:  # pragma: no cover - isal is a requirement; zlib at level 1 is some 10x slower
-            import zlib as codec
-        return codec.compressobj(self.level, codec.DEFLATED, 16 + codec.MAX_WBITS)  # gzip framing
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/infer/"):
@@ -466,7 +458,7 @@ class CompressAnswers:
                 disposition = headers.get("content-disposition", "").lower()
                 if (message["status"] == 200 and "content-encoding" not in headers
                         and "gzip" not in headers.get("content-type", "") and ".gz" not in disposition):
-                    deflate = self._compressor()
+                    deflate = gzip_stream()
                     for name in ("content-length", "accept-ranges", "etag"):  # they described the raw bytes
                         del headers[name]
                     headers["content-encoding"] = "gzip"

@@ -339,7 +339,7 @@ class LimNetInfer(BasicInferTask):
         if ext != ".nrrd":
             return super().writer(data, extension, dtype)
         pred = data["pred"]
-        asked = data.get("result_compress")  # unsaid (Slicer): gzip when the answer goes to another machine
+        asked = data.get("result_compress")  # unsaid (Slicer's requests): as the server chose for this request
         compress = GZIP_BY_DEFAULT.get() if asked is None else str(asked).lower() in ("1", "true", "yes")
         mask = pred.as_tensor().cpu().numpy()  # not `.array`, which copies the Fortran-ordered buffer into C order
         path = write_label_nrrd(mask, pred.affine, dtype or data.get("result_dtype") or "uint8", compress)

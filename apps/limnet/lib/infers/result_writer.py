@@ -29,6 +29,12 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GZIP_BY_DEFAULT: ContextVar[bool] = ContextVar("limnet_gzip_nrrd_by_default", default=False)
 
 
+def gzip_stream(level: int = 1):
+    """A deflate stream in gzip framing (ISA-L where installed): `.compress(bytes)` piece by piece, then `.flush()`.
+    Level 1: a mostly empty label volume compresses about as well as at higher levels, at a fraction of the time."""
+    return _zlib.compressobj(level, _zlib.DEFLATED, 16 + _zlib.MAX_WBITS)
+
+
 def nrrd_header(shape: tuple[int, int, int], affine: np.ndarray, dtype: str, compress: bool) -> bytes:
     """A NRRD header for a volume of `shape` (i, j, k) whose voxel-to-RAS matrix is `affine`."""
     lps = RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)
@@ -70,8 +76,8 @@ def write_label_nrrd(mask: np.ndarray, affine, dtype: str = "uint8", compress: b
             path = f.name
     with open(path, "wb") as f:
         f.write(nrrd_header(mask.shape, affine, dtype, compress))
-        if compress:  # level 1 in slabs: a mostly empty label compresses as well, at a fraction of the time
-            z = _zlib.compressobj(1, _zlib.DEFLATED, 16 + _zlib.MAX_WBITS)  # gzip framing, as NRRD's "gzip" wants
+        if compress:  # in slabs, in gzip framing as NRRD's "gzip" encoding wants
+            z = gzip_stream()
             for k in range(0, flat.shape[0], 16):
                 f.write(z.compress(flat[k : k + 16].tobytes()))
             f.write(z.flush())
