@@ -109,6 +109,20 @@ def test_slicer_gets_a_gzip_nrrd_and_ohif_on_loopback_the_raw_answer(server, alw
     assert b"encoding: raw" in body[:400], "OHIF-style requests say result_compress false and get a raw NRRD"
 
 
+def test_a_reverse_proxy_on_the_same_machine_passes_the_clients_address(server, studies):
+    """Behind a reverse proxy on the server's machine that says whom it forwards for (X-Forwarded-For, as nginx is
+    usually set up), the default server sees the remote client (uvicorn trusts the header from 127.0.0.1) and
+    compresses its answer."""
+    click = _click(studies)
+    params = {"foreground": [click], "background": [], "client_id": "enc-proxy", "result_extension": ".nrrd",
+              "result_compress": False}
+    forwarded = requests.post(f"{server['url']}/infer/limnet?image=blob&output=image",
+                              data={"params": json.dumps(params)}, stream=True,
+                              headers={"Accept-Encoding": "gzip", "X-Forwarded-For": "192.0.2.7"})
+    assert forwarded.status_code == 200 and forwarded.headers.get("content-encoding") == "gzip"
+    assert zlib.decompress(forwarded.raw.read(decode_content=False), 16 + zlib.MAX_WBITS).startswith(b"NRRD0004")
+
+
 @pytest.mark.parametrize("host, local", [("127.0.0.1", True), ("127.0.1.1", True), ("::1", True),
                                          ("::ffff:127.0.0.1", True), ("192.168.1.20", False),
                                          ("::ffff:10.0.0.2", False), ("2001:db8::1", False), ("", False)])

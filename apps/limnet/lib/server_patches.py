@@ -424,7 +424,8 @@ class CompressAnswers:
     `.nii.gz` file) is sent as it is. On loopback the raw bytes are quicker (Chromium
     here took about 0.1 s longer per CT answer to inflate it than to receive it raw), so with `mode` "auto" (the
     default) a client on the server's own machine gets them raw; "always" compresses for loopback clients too (a
-    reverse proxy on the same machine). Plain ASGI, streaming: each 4 MB read is deflated as it goes out."""
+    reverse proxy on the same machine that does not send X-Forwarded-For: uvicorn takes the client's address from
+    that header when it comes from 127.0.0.1). Plain ASGI, streaming: each 4 MB read is deflated as it goes out."""
 
     def __init__(self, app, mode: str = "auto") -> None:
         self.app = app
