@@ -130,3 +130,28 @@ def test_which_clients_count_as_the_servers_own_machine(host, local):
     from lib.server_patches import _is_loopback
 
     assert _is_loopback(host) is local
+
+
+def test_the_viewers_code_is_gzipped_for_a_remote_browser_and_pictures_are_not(always, server):
+    """OHIF's page and scripts travel deflated to a browser on another machine (here `always`); its pictures, already
+    compressed, as they are; a browser on the server's machine gets everything as it is (default server)."""
+    import glob
+    import os
+
+    import monailabel
+
+    bundle = os.path.join(os.path.dirname(monailabel.__file__), "endpoints", "static", "ohif")
+    script = os.path.basename(max(glob.glob(os.path.join(bundle, "app.bundle.*.js")), key=os.path.getsize))
+    picture = os.path.relpath(sorted(glob.glob(os.path.join(bundle, "assets", "*.png")))[0], bundle)
+    browser = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+    for path, packed in (("", True), (script, True), (picture, False)):
+        r = requests.get(f"{always}/ohif/{path}", headers=browser, stream=True)
+        wire = r.raw.read(decode_content=False)
+        with open(os.path.join(bundle, path or "index.html"), "rb") as f:
+            original = f.read()
+        assert r.status_code == 200 and (r.headers.get("content-encoding") == "gzip") == packed, path
+        assert (zlib.decompress(wire, 16 + zlib.MAX_WBITS) if packed else wire) == original, path
+        if packed and len(original) > 1 << 20:
+            assert len(wire) < len(original) / 2, (path, len(wire), len(original))
+    local = requests.get(f"{server['url']}/ohif/{script}", headers=browser, stream=True)
+    assert "content-encoding" not in local.headers and local.raw.read(decode_content=False)[:1] != b"\x1f"

@@ -387,3 +387,4 @@ def test_files_are_served_while_a_click_is_computed(dicom_stack):
     assert click_seconds > 1.0, f"the click took only {click_seconds:.2f} s: the PACS was not slow"
     assert page_seconds < 0.5, \
         f"a viewer's file waited {page_seconds:.2f} s behind a {click_seconds:.2f} s click"
+

@@ -412,8 +412,12 @@ def _accepts_gzip(headers) -> bool:
     return False
 
 
+_COMPRESSIBLE = {"application/javascript", "application/json", "application/wasm", "image/svg+xml", "application/xml"}
+
+
 class CompressAnswers:
-    """gzip-encodes the answers of `POST /infer/...` (HTTP `Content-Encoding`) for clients that accept it.
+    """gzip-encodes (HTTP `Content-Encoding`) the answers of `POST /infer/...` and the viewer's code for clients
+    that accept it and are on another machine.
 
     A click's answer is a whole label volume: 78 MB for a 512x512x300 CT, nearly all zeros. Over a 1 Gbit/s network
     that is 0.6 s a click, over 100 Mbit/s 6 s. Deflated (ISA-L, level 1: about 10 ms for those 78 MB here) it is a
@@ -421,11 +425,15 @@ class CompressAnswers:
     no HTTP gzip (`Accept-Encoding: identity`): its NRRD answer is gzip-encoded inside the file instead
     (`result_writer.GZIP_BY_DEFAULT`, unless the request says `result_compress`), which Slicer's reader inflates;
     on loopback too when the answer is multipart, as that client's is. An answer already gzip-compressed (a
-    `.nii.gz` file) is sent as it is. On loopback the raw bytes are quicker (Chromium
-    here took about 0.1 s longer per CT answer to inflate it than to receive it raw), so with `mode` "auto" (the
-    default) a client on the server's own machine gets them raw; "always" compresses for loopback clients too (a
-    reverse proxy on the same machine that does not send X-Forwarded-For: uvicorn takes the client's address from
-    that header when it comes from 127.0.0.1). Plain ASGI, streaming: each 4 MB read is deflated as it goes out."""
+    `.nii.gz` file) is sent as it is. OHIF's code is compressed too (37 MB of script and wasm, 9 MB deflated), not
+    its pictures. What the DICOMweb proxy forwards keeps the PACS's encoding (Orthanc deflates its JSON and frames
+    when asked, as the proxy's `requests` asks).
+
+    On loopback the raw bytes are quicker (Chromium here took about 0.1 s longer per CT answer to inflate it than to
+    receive it raw), so with `mode` "auto" (the default) a client on the server's own machine gets them raw;
+    "always" compresses for loopback clients too (a reverse proxy on the same machine that does not send
+    X-Forwarded-For: uvicorn takes the client's address from that header when it comes from 127.0.0.1). Plain ASGI,
+    streaming: each 4 MB read is deflated as it goes out."""
 
     def __init__(self, app, mode: str = "auto") -> None:
         self.app = app
@@ -436,29 +444,38 @@ class CompressAnswers:
         return self.mode == "always" or not _is_loopback((scope.get("client") or ("", 0))[0])
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith("/infer/"):
+        method, path = scope.get("method"), scope.get("path", "")
+        answer = method == "POST" and path.startswith("/infer/")
+        viewer = method == "GET" and (path.startswith("/ohif/") or path == "/ohif")
+        if scope["type"] != "http" or not (answer or viewer):
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
         travels = self._travels(scope)
         encode = travels and _accepts_gzip(headers) and not any(k.lower() == b"range" for k, _ in headers)
-        output = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("output", ["all"])[0]
-        # a client that takes no HTTP gzip gets a gzip NRRD instead, unless its request says `result_compress`: when
-        # the answer travels, or comes multipart (MONAI Label's default answer, Slicer's: the server joins the whole
-        # file into one string and the client parses it back, which for 78 MB cost more than inflating does)
-        GZIP_BY_DEFAULT.set(not encode and (travels or output in ("all", "")))  # the endpoint's thread gets a copy
+        if answer:
+            output = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("output", ["all"])[0]
+            # a client that takes no HTTP gzip gets a gzip NRRD instead, unless its request says `result_compress`:
+            # when the answer travels, or comes multipart (MONAI Label's default answer, Slicer's: the server joins
+            # the whole file into one string and the client parses it back, which for 78 MB cost more than inflating)
+            GZIP_BY_DEFAULT.set(not encode and (travels or output in ("all", "")))  # the endpoint's thread: a copy
         if not encode:
             await self.app(scope, receive, send)
             return
         deflate = None
 
+        def worth_it(headers: MutableHeaders) -> bool:
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if answer:  # a label volume, unless it is gzip already (.nii.gz)
+                return "gzip" not in kind and ".gz" not in headers.get("content-disposition", "").lower()
+            # the viewer's code and styles (37 MB of OHIF's bundle deflate to 9 MB), not its pictures
+            return kind.startswith("text/") or kind in _COMPRESSIBLE
+
         async def compressed(message) -> None:
             nonlocal deflate
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                disposition = headers.get("content-disposition", "").lower()
-                if (message["status"] == 200 and "content-encoding" not in headers
-                        and "gzip" not in headers.get("content-type", "") and ".gz" not in disposition):
+                if message["status"] == 200 and "content-encoding" not in headers and worth_it(headers):
                     deflate = gzip_stream()
                     for name in ("content-length", "accept-ranges", "etag"):  # they described the raw bytes
                         del headers[name]
