@@ -54,9 +54,6 @@ def dicom_stack(orthanc_server, tmp_path_factory):
     series["viewed"] = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(work / "viewed"), "CT", "viewed")
     orthanc.upload(url, str(work / "viewed"))
     viewer_truth["viewed"] = viewer_truth["ras"]
-    # a series only the slow-click test touches (its first click downloads it)
-    series["slow"] = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(work / "slow"), "CT", "slow")
-    orthanc.upload(url, str(work / "slow"))
     app = copy_app(tmp_path_factory.mktemp("app"))
     mlog = open(work / "server.log", "w+")
     # the server reaches Orthanc through a relay that a test can slow down (a PACS that takes its time)
@@ -64,7 +61,7 @@ def dicom_stack(orthanc_server, tmp_path_factory):
     server, murl = start_server(app, f"http://127.0.0.1:{relay.port}/dicom-web", log=mlog,
                                 HOME=str(tmp_path_factory.mktemp("home")))
     yield {"orthanc": url, "server": murl, "series": series, "truth": truth, "viewer_truth": viewer_truth,
-           "log": work / "server.log", "relay": relay}
+           "log": work / "server.log", "relay": relay, "work": work}
     stop_server(server)
     relay.close()
 
@@ -368,7 +365,12 @@ def test_files_are_served_while_a_click_is_computed(dicom_stack):
     loop, and every other request waited for the click to end)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    murl, relay, uid = dicom_stack["server"], dicom_stack["relay"], dicom_stack["series"]["slow"]
+    murl, relay = dicom_stack["server"], dicom_stack["relay"]
+    # a series stored only now: neither the server's start-up scoring nor another test has downloaded it
+    img, _ = cube_volume()
+    folder = dicom_stack["work"] / "slow"
+    uid = orthanc.write_series(img, np.diag([0.8, 0.8, 2.5, 1.0]), str(folder), "CT", "slow")
+    orthanc.upload(dicom_stack["orthanc"], str(folder))
     relay.delay = 1.0
     try:
         with ThreadPoolExecutor(1) as pool:

@@ -11,14 +11,18 @@
   now the upload must load as LIM-Net weights, the previous file is kept and the swap is atomic;
 - authentication (MONAI_LABEL_AUTH_ENABLE): every token was refused with 401, valid ones too (0.8.5 calls
   PyJWT 2's `jwt.decode` without `algorithms`); a wrong password at `/auth/token` and an unreachable identity
-  provider were HTTP 500.
+  provider were HTTP 500;
+- the event loop: every route is an `async def` that calls blocking work (a click, a series' download) and the
+  DICOMweb proxy calls its PACS with `requests` inside the loop, so each held every other request: the handlers
+  now run in worker threads one at a time (`_handlers_off_the_event_loop`), the proxy in parallel
+  (`_off_the_event_loop`).
 
-And one addition: when a client fetches an image (`GET /datastore/image`, as Slicer does before the first click), or
-a viewer reads a series through the DICOMweb proxy (`/proxy/dicom/...`, as OHIF does when it opens one), the infer
-tasks start fetching, reading and normalising it in the background, so the first click does not pay for it. And a
-click's answer is sent gzip-encoded to clients that accept it (`Accept-Encoding: gzip`, as every browser sends):
-a CT's label volume is 78 MB raw and about 0.2 MB deflated, which over a network is the difference between
-seconds and a blink (`CompressAnswers`).
+And two additions: when a client fetches an image (`GET /datastore/image`, as Slicer does before the first click),
+or a viewer reads a series through the DICOMweb proxy (`/proxy/dicom/...`, as OHIF does when it opens one), the
+infer tasks start fetching, reading and normalising it in the background, so the first click does not pay for it.
+And a client on another machine gets a click's answer gzip-encoded (HTTP gzip for a browser, a gzip NRRD for
+Slicer's client) and OHIF's code deflated: a CT's label volume is 78 MB raw and about 0.1 MB deflated, which over a
+network is the difference between seconds and a blink (`CompressAnswers`).
 """
 
 from __future__ import annotations
@@ -450,9 +454,9 @@ class CompressAnswers:
         if scope["type"] != "http" or not (answer or viewer):
             await self.app(scope, receive, send)
             return
-        headers = scope["headers"]
+        asked = scope["headers"]
         travels = self._travels(scope)
-        encode = travels and _accepts_gzip(headers) and not any(k.lower() == b"range" for k, _ in headers)
+        encode = travels and _accepts_gzip(asked) and not any(k.lower() == b"range" for k, _ in asked)
         if answer:
             output = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("output", ["all"])[0]
             # a client that takes no HTTP gzip gets a gzip NRRD instead, unless its request says `result_compress`:
@@ -494,7 +498,7 @@ class CompressAnswers:
 
 def install(answer_gzip: str = "auto") -> None:
     """Register the handlers on monailabel's FastAPI app if this process is the server. `answer_gzip` (`--conf
-    answer_gzip auto|always|never`): when to gzip a click's answer for clients that accept it (`CompressAnswers`)."""
+    answer_gzip auto|always|never`): when to gzip clicks' answers and OHIF's code (`CompressAnswers`)."""
     if answer_gzip not in ("auto", "always", "never"):
         raise ValueError(f"answer_gzip must be auto, always or never, not {answer_gzip!r}")
     server = sys.modules.get("monailabel.app")
