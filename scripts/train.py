@@ -41,6 +41,11 @@ def main() -> None:
                    help="interaction stage: training boxes LO to HI times the object (log-uniform; default 1.25-2.5, "
                         "uniform)")
     p.add_argument("--memory-length", type=int, default=4, help="slices per training sequence of the memory stage")
+    p.add_argument("--memory-past-end", type=float, default=0.5,
+                   help="share of the memory stage's sequences that run past the object's end")
+    p.add_argument("--memory-empty-area", type=float, default=None,
+                   help="score a false mask on a slice past the object's end by its area A as A / (A + this) "
+                        "(working-grid pixels; default: binary cross-entropy alone)")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--body-in-air", type=float, default=0.0,
@@ -106,7 +111,7 @@ def main() -> None:
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,
-                     length=args.memory_length)
+                     length=args.memory_length, past_end=args.memory_past_end, empty_area=args.memory_empty_area)
         save()
     if args.stage in ("fusion", "all") and rank == 0:  # small: one process, on the CPU
         from lib.training.fusion_stage import train_fusion

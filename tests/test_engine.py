@@ -757,3 +757,35 @@ def test_imaged_area_is_the_body_not_the_field_of_view():
     assert abs(area - np.pi * 20**2) < 0.08 * np.pi * 20**2
     assert imaged_area(np.pad(plane, 30)) == area
     assert imaged_area(np.zeros((50, 70))) is None
+
+
+def test_a_negative_click_that_empties_its_slice_clears_what_lies_beyond_it(net) -> None:
+    """`_cut_beyond`: a newly clicked negative slice the round left (nearly) empty, every positive click on one side
+    of it: the slices on its other side go too; a slice that keeps part of its mask, or positive clicks on both
+    sides, change nothing."""
+    from lib.engine.state import InteractionState
+
+    old = np.zeros((32, 32, 24), bool, order="F")
+    old[8:24, 8:24, 2:22] = True  # the last round: an object on 8-15 that ran on to 2 and to 21
+    state = InteractionState(image=np.zeros(old.shape, np.float32), mask=old)
+    everything = (slice(0, 32), slice(0, 32), slice(0, 24))
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    assert seg.cut_beyond == 0.05
+    new = old.copy()
+    new[:, :, 5] = False
+    new[8, 8, 5] = True  # one pixel of 256 left on the clicked slice
+    out = new.copy()
+    seg._cut_beyond(state, out, everything, [(16, 16, 12)], [(12, 12, 5)])
+    assert not out[:, :, :6].any() and np.array_equal(out[:, :, 6:], new[:, :, 6:])
+    out = new.copy()  # positive clicks on both sides of it
+    seg._cut_beyond(state, out, everything, [(16, 16, 12), (16, 16, 3)], [(12, 12, 5)])
+    assert np.array_equal(out, new)
+    new[8:12, 8:24, 18] = True
+    new[12:, :, 18] = False  # a quarter of the slice left: the click removed part of it only
+    out = new.copy()
+    seg._cut_beyond(state, out, everything, [(16, 16, 12)], [(20, 20, 18)])
+    assert np.array_equal(out, new)
+    new[:, :, 18] = False  # emptied: the slices above it go
+    out = new.copy()
+    seg._cut_beyond(state, out, everything, [(16, 16, 12)], [(20, 20, 18)])
+    assert not out[:, :, 18:].any() and np.array_equal(out[:, :, :18], new[:, :, :18])

@@ -1,10 +1,13 @@
-"""Training samples: the interaction stage's boxes cover the scale range asked for."""
+"""Training samples: the interaction stage's boxes cover the scale range asked for; the memory stage's sequences run
+past the object's end as often as asked, and its loss scores a false mask there by its area when asked."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from lib.training.samplers import BOX_SCALE, BoxScale, _jittered_box
+from lib.training.losses import seg_loss
+from lib.training.samplers import BOX_SCALE, BoxScale, Case, _jittered_box, sequence_batch
 
 
 def _scales(scale: BoxScale, n: int = 400) -> np.ndarray:
@@ -26,3 +29,32 @@ def test_a_wider_box_scale_is_drawn_log_uniform():
     s = _scales(BoxScale(1.25, 4.0, log=True))
     assert s.min() >= 1.2 and s.max() <= 4.05 and s.max() > 3.5
     assert abs(np.median(s) - np.sqrt(1.25 * 4.0)) < 0.25  # log-uniform: the geometric middle (2.24), not 2.6
+
+
+def _past_end_share(past_end: float, n: int = 64) -> float:
+    """The share of sequences whose last frame holds no object (a 20-slice block in a 60-slice volume)."""
+    image = np.random.default_rng(1).random((48, 48, 60)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[14:34, 14:34, 20:40] = 1
+    _, masks = sequence_batch([Case(image, label)], np.random.default_rng(2), n, 32, 4, past_end)
+    return float((masks[:, -1].flatten(1).sum(1) == 0).float().mean())
+
+
+def test_memory_sequences_run_past_the_end_as_often_as_asked():
+    never, half, always = _past_end_share(0.0), _past_end_share(0.5), _past_end_share(1.0)
+    assert always == 1.0
+    assert never < 0.35  # only those that start within 3 steps of an end by chance
+    assert never + 0.15 < half < always - 0.15
+
+
+def test_a_false_mask_past_the_end_is_scored_by_its_area_when_asked():
+    empty = torch.zeros(2, 1, 32, 32)
+    logits = torch.full((2, 1, 32, 32), -12.0)
+    logits[0, 0, :10, :10] = 12.0  # 100 false pixels on the first slice, none on the second
+    plain, scored = seg_loss(logits, empty), seg_loss(logits, empty, empty_area=16)
+    assert scored - plain > 0.4  # (100 / 116 + ~0) / 2 on top of the cross-entropy
+    none = torch.full((1, 1, 32, 32), -12.0)
+    assert abs(float(seg_loss(none, empty[:1], empty_area=16) - seg_loss(none, empty[:1]))) < 0.01
+    target = torch.zeros(1, 1, 32, 32)
+    target[0, 0, 5:15, 5:15] = 1
+    assert torch.equal(seg_loss(logits[:1], target, empty_area=16), seg_loss(logits[:1], target))  # object: Dice

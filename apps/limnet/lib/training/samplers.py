@@ -115,10 +115,12 @@ def interaction_inputs(images: torch.Tensor, clicks: list) -> torch.Tensor:
     return torch.cat([images, maps], dim=1)
 
 
-def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int, length: int):
+def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int, length: int,
+                   past_end: float = 0.5):
     """Frames (B x T x 3 x S x S) and masks (B x T x 1 x S x S) along the slice axis, either direction.
 
     The box comes from the first slice only, as at inference, so later slices may outgrow it or lose the object.
+    A share `past_end` of the sequences runs past the object's end.
     """
     frames, masks = [], []
     while len(frames) < batch:
@@ -129,7 +131,7 @@ def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size
         ks = ks[(ks + step * (length - 1) >= 0) & (ks + step * (length - 1) < depth)]
         if ks.size == 0:
             continue
-        if rng.random() < 0.5:  # half the sequences run past the object's end: learn to stop there
+        if rng.random() < past_end:  # sequences that run past the object's end: learn to stop there
             last = ks.max() if step > 0 else ks.min()
             near_end = ks[np.abs(ks - last) < abs(step) * (length - 1)]
             ks = near_end if near_end.size else ks

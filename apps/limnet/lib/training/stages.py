@@ -111,8 +111,10 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
     net.interaction.eval()
 
 
-def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, first_mask: torch.Tensor):
-    """Propagate from frame 0 (given mask) through frames 1..T-1, remembering every predicted frame."""
+def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, first_mask: torch.Tensor,
+                         empty_area: float | None = None):
+    """Propagate from frame 0 (given mask) through frames 1..T-1, remembering every predicted frame (`empty_area`:
+    see `seg_loss`)."""
     b, t, _, s, _ = frames.shape
     keys, feats = memory.encode_key(frames.flatten(0, 1))
     keys = keys.unflatten(0, (b, t))
@@ -124,7 +126,7 @@ def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, firs
     for i in range(1, t):
         fi = [f[:, i] for f in feats]
         logits, hidden, _ = memory.step(keys[:, i], fi, torch.cat(mem_k, 2), torch.cat(mem_v, 2), hidden)
-        loss = loss + seg_loss(logits, masks[:, i])
+        loss = loss + seg_loss(logits, masks[:, i], empty_area)
         if i == t - 1:
             break  # no frame after the last reads its value or state
         prob = torch.sigmoid(logits)
@@ -136,9 +138,10 @@ def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, firs
 
 
 def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 8,
-                 length: int = 4, lr: float = 2e-3, log_every: int = 25) -> None:
+                 length: int = 4, lr: float = 2e-3, log_every: int = 25, past_end: float = 0.5,
+                 empty_area: float | None = None) -> None:
     """Slice sequences: the memory model propagates the first slice's mask through the next ones (on the module's
-    device)."""
+    device). `past_end`: the share of sequences that run past the object's end; `empty_area`: see `seg_loss`."""
     module = net.memory.train()
     dev = next(module.parameters()).device
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
@@ -148,9 +151,9 @@ def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: in
     for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
-        frames, masks = sequence_batch(cases(), rng, batch, WORKING_SIZE, length)
+        frames, masks = sequence_batch(cases(), rng, batch, WORKING_SIZE, length, past_end)
         frames, masks = frames.to(dev), masks.to(dev)
-        loss = memory_sequence_loss(module, frames, masks, perturb_mask(masks[:, 0], rng))
+        loss = memory_sequence_loss(module, frames, masks, perturb_mask(masks[:, 0], rng), empty_area)
         opt.zero_grad()
         loss.backward()
         _sync_grads(module)
