@@ -88,7 +88,7 @@ VARIANTS = {
                                      keep_reading=None, first_box_min=32),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
-    "guarded+window+cut": dict(box_search="guarded", local_window=True, cut_beyond=0.05),
+    "guarded+window-cut": dict(box_search="guarded", local_window=True, cut_beyond=None),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
     "guarded+window+f32": dict(box_search="guarded", local_window=True, precision="float32"),
     "guarded+window+bf16": dict(box_search="guarded", local_window=True, precision="bfloat16"),

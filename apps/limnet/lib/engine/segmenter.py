@@ -903,7 +903,7 @@ class LimNetSegmenter:
             inside = [k for k in settled if region[2].start <= k < region[2].stop]
             mask[region[0], region[1], inside] = state.mask[region[0], region[1], inside]
         region = self._one_way(state, mask, region, foreground, background)
-        if self.cut_beyond is not None and self._direction(state, foreground, background) < 0:
+        if self.cut_beyond is not None and direction < 0:
             self._cut_beyond(state, mask, region, foreground, background[len(state.background):])
         fuse = self.use_fusion if use_fusion is None else use_fusion
         if fuse and state.mask is not None:
