@@ -979,8 +979,10 @@ class LimNetSegmenter:
         goes too. Without this a click in the middle of a false continuation past an object's end cut it only where
         it fell, and the slices beyond it stayed (settled, or joined through a few pixels the click left)."""
         pos_ks = [int(c[2]) for c in foreground]
+        if not pos_ks:
+            return
         xs, ys, zs = region
-        for _, _, k in new if pos_ks else ():
+        for _, _, k in new:
             k = int(k)
             before = int(state.mask[xs, ys, k].sum()) if zs.start <= k < zs.stop else 0
             if not before or mask[xs, ys, k].sum() >= self.cut_beyond * before:
