@@ -22,7 +22,6 @@ import sys
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
@@ -32,7 +31,7 @@ from lib.engine.geometry import Box, extent_xy, neighbour_indices, paste_slices 
 from lib.engine.propagation import SliceFeatures, propagate  # noqa: E402
 from lib.engine.segmenter import LimNetSegmenter  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
-from lib.training.samplers import deepest_point  # noqa: E402
+from lib.training.samplers import add_error_clicks, deepest_point  # noqa: E402
 
 
 def validation_pool(name: str) -> list:
@@ -47,15 +46,18 @@ def validation_pool(name: str) -> list:
 
 def slice_answer(seg: LimNetSegmenter, image: np.ndarray, box: Box, k: int, truth: np.ndarray,
                  clicks: int) -> np.ndarray:
-    """The interaction module's answer on slice k after `clicks` robot clicks on that slice alone."""
+    """The interaction module's answer on slice k after `clicks` robot clicks on that slice alone (the training's
+    2D robot, `add_error_clicks`)."""
     pos, neg = [deepest_point(truth)], []
+    target = torch.from_numpy(truth)[None, None].float()
     while True:
         pred = paste_slices(seg._interact(image, box, k, pos, neg)[None], box, truth.shape)[:, :, 0] > 0.5
-        lab, n = ndi.label(pred != truth)
-        if len(pos) + len(neg) >= clicks or not n:
+        if len(pos) + len(neg) >= clicks:
             return pred
-        c = deepest_point(lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1)
-        (pos if truth[c] else neg).append(c)
+        [(more_pos, more_neg)] = add_error_clicks(torch.from_numpy(pred)[None, None].float(), target, [(pos, neg)])
+        if len(more_pos) + len(more_neg) == len(pos) + len(neg):  # no error left
+            return pred
+        pos, neg = more_pos, more_neg
 
 
 def propagated(seg: LimNetSegmenter, features: SliceFeatures, truth: np.ndarray, ks: list[int]) -> np.ndarray:
