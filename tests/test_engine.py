@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 
 from lib.data.robot import dice, next_click
 from lib.engine.geometry import Box, bounding_box, crop_slices, distinctness, imaged_area, label_3d
-from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate
+from lib.engine.propagation import PropagationConfig, SliceFeatures, propagate, uncertainty
 from lib.engine.round_fusion import RoundFusion
 from lib.engine.segmenter import LimNetSegmenter, Reading, propagation_precision
 from lib.net.bundle import WORKING_SIZE
@@ -134,6 +134,30 @@ def test_stops_where_the_object_ends(net, setup):
     assert max(out) <= 40 + cfg.patience + 3
     assert min(out) >= 15 - cfg.patience - 3
     assert all(float((out[k] > 0.5).sum()) < cfg.stop_area for k in out if k > 42 or k < 13)
+
+
+def test_uncertainty_is_low_for_an_outline_and_high_for_a_blur():
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    r = ((yy - 32) ** 2 + (xx - 32) ** 2).sqrt()
+    sharp = torch.sigmoid((12 - r) * 4)
+    blur = torch.sigmoid((12 - r) / 6)
+    assert uncertainty(sharp) < 0.15 < 0.6 < uncertainty(blur)
+    assert uncertainty(torch.zeros(64, 64)) == 0.0
+
+
+def test_a_sweep_past_its_anchor_ends_on_uncertain_slices(net, setup):
+    image, label, box, feats = setup
+    anchors = anchor_probs(label, box, [27])
+    full = propagate(net.memory, feats, anchors, PropagationConfig(uncertain_stop=None))
+    # every slice counts as uncertain: each sweep keeps its two reference slices and drops the run that ends it
+    cut = propagate(net.memory, feats, anchors,
+                    PropagationConfig(uncertain_stop=-1.0, uncertain_run=2, uncertain_rise=None))
+    assert sorted(cut) == [25, 26, 27, 28, 29]
+    for k in cut:
+        assert torch.equal(cut[k], full[k])
+    # a threshold no slice reaches changes nothing
+    same = propagate(net.memory, feats, anchors, PropagationConfig(uncertain_stop=1.0))
+    assert sorted(same) == sorted(full) and all(torch.equal(same[k], full[k]) for k in full)
 
 
 def test_round_fusion_keeps_the_better_slice(net):

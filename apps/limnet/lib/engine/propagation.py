@@ -68,6 +68,12 @@ class PropagationConfig:
     same_iou: float = 0.97  # a slice "matches" the last round at this IoU of the masks
     edge_stop: int = 2  # a propagated slice whose mask runs into this many edges of the box (inside the image) ends
     # the sweep: the box holds the object with a margin, so filling it means the memory ran onto a neighbour
+    uncertain_stop: float | None = 0.4  # a sweep past its last anchor ends after `uncertain_run` slices in a row
+    # whose mask is more uncertain than this (`uncertainty`) and `uncertain_rise` more than the sweep's first two
+    # slices, dropping them: where the memory model runs past an object's end into tissue like it (a brain nucleus
+    # into the brain around it), its answer turns from an outline into a blur (None: off; design log, 2026-12-05)
+    uncertain_run: int = 2
+    uncertain_rise: float | None = 0.2
     parallel: bool = True  # on the CPU, run the two sweeps in two threads: they are independent, and one sweep's
     # small convolutions do not keep two cores busy (first click on a 95-slice object: 2.5 s -> 1.5 s, README);
     # the segmenter owns the one worker thread (a thread per round grew the server's memory: malloc arenas)
@@ -90,6 +96,14 @@ def keep_connected(prob: torch.Tensor, previous: torch.Tensor, threshold: float,
     hits = np.unique(lab[near & mask])
     keep = np.isin(lab, hits[hits > 0]) | ~mask  # soft values below threshold stay as they are
     return prob * torch.from_numpy(keep).to(prob.device)
+
+
+def uncertainty(prob: torch.Tensor, low: float = 0.2, high: float = 0.8) -> float:
+    """The share of a slice's candidate pixels (probability above `low`) that the model is unsure of (below `high`):
+    low for a mask with a sharp outline, high for a blur."""
+    candidate = prob > low
+    n = int(candidate.sum())
+    return float((candidate & (prob < high)).sum()) / n if n else 0.0
 
 
 def _same(a: torch.Tensor, b: torch.Tensor, threshold: float, iou: float) -> bool:
@@ -122,6 +136,8 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
         bank.add(key.flatten(2), values[k].flatten(2), pinned=True)
     out: dict[int, torch.Tensor] = {}
     empty = settled = 0
+    unsure: list[int] = []  # the run of uncertain slices past the last anchor
+    first_uncertainty: list[float] = []  # of the sweep's first propagated slices, the reference for `uncertain_rise`
     start, below, above = present[0], -1, depth  # the walk stays strictly between `below` and `above`
     if span is not None:  # start from the last anchor before the span, stop once past it
         entry = span[0] if direction > 0 else span[1]
@@ -152,6 +168,19 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
                                                  features.volume.shape[:2]) >= cfg.edge_stop:
             del out[k]
             break
+        if cfg.uncertain_stop is not None and area >= cfg.stop_area:
+            u = uncertainty(prob[0, 0])
+            if len(first_uncertainty) < 2:
+                first_uncertainty.append(u)
+            elif (k - last_anchor) * direction > 0 and u > cfg.uncertain_stop and (
+                    cfg.uncertain_rise is None or u > float(np.median(first_uncertainty)) + cfg.uncertain_rise):
+                unsure.append(k)
+                if len(unsure) >= cfg.uncertain_run:
+                    for j in unsure:
+                        del out[j]
+                    break
+            else:
+                unsure = []
         if area < cfg.stop_area:
             empty = empty + 1 if (k - last_anchor) * direction > 0 else 0
             if empty >= cfg.patience:
