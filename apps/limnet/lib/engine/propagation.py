@@ -106,6 +106,13 @@ def uncertainty(prob: torch.Tensor, low: float = 0.2, high: float = 0.8) -> floa
     return float((candidate & (prob < high)).sum()) / n if n else 0.0
 
 
+def _blurred(prob: torch.Tensor, reference: float, cfg: PropagationConfig) -> bool:
+    """Whether a propagated slice is more uncertain than `cfg.uncertain_stop` and, with `cfg.uncertain_rise`, by that
+    much more than `reference` (the sweep's first slices)."""
+    u = uncertainty(prob)
+    return u > cfg.uncertain_stop and (cfg.uncertain_rise is None or u > reference + cfg.uncertain_rise)
+
+
 def _same(a: torch.Tensor, b: torch.Tensor, threshold: float, iou: float) -> bool:
     ma, mb = a > threshold, b > threshold
     union = int((ma | mb).sum())
@@ -169,11 +176,9 @@ def _sweep(memory: MemoryModel, features: SliceFeatures, anchors: dict[int, torc
             del out[k]
             break
         if cfg.uncertain_stop is not None and area >= cfg.stop_area:
-            u = uncertainty(prob[0, 0])
             if len(first_uncertainty) < 2:
-                first_uncertainty.append(u)
-            elif (k - last_anchor) * direction > 0 and u > cfg.uncertain_stop and (
-                    cfg.uncertain_rise is None or u > float(np.median(first_uncertainty)) + cfg.uncertain_rise):
+                first_uncertainty.append(uncertainty(prob[0, 0]))
+            elif (k - last_anchor) * direction > 0 and _blurred(prob[0, 0], sum(first_uncertainty) / 2, cfg):
                 unsure.append(k)
                 if len(unsure) >= cfg.uncertain_run:
                     for j in unsure:
