@@ -160,6 +160,23 @@ def test_a_sweep_past_its_anchor_ends_on_uncertain_slices(net, setup):
     assert sorted(same) == sorted(full) and all(torch.equal(same[k], full[k]) for k in full)
 
 
+def test_a_round_may_turn_the_blur_stop_off(net) -> None:
+    """`add_clicks(stop_at_blur=False)` answers as a segmenter without `uncertain_stop` (Slicer's and OHIF's
+    per-request option), and records it in the state's settings so that the same clicks with the option changed are
+    computed afresh by the server."""
+    image, label = capsule_volume()
+    eager = LimNetSegmenter(net, "cpu", use_fusion=False,
+                            propagation=PropagationConfig(uncertain_stop=-1.0, uncertain_rise=None))
+    plain = LimNetSegmenter(net, "cpu", use_fusion=False, propagation=PropagationConfig(uncertain_stop=None))
+    click = [(48, 48, 27)]
+    stopped = eager.add_clicks(eager.new_state(image), click, [])
+    state = eager.new_state(image)
+    off = eager.add_clicks(state, click, [], stop_at_blur=False)
+    assert np.array_equal(off, plain.add_clicks(plain.new_state(image), click, []))
+    assert off.sum() > stopped.sum() and state.settings[2] is False
+    assert np.flatnonzero(stopped.any((0, 1))).tolist() == [25, 26, 27, 28, 29]
+
+
 def test_round_fusion_keeps_the_better_slice(net):
     image, label = capsule_volume()
     fusion = RoundFusion(net.scorer, torch.device("cpu"))

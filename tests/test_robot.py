@@ -40,7 +40,7 @@ def _round(state: InteractionState, fg: list, bg: list, seed: int) -> np.ndarray
     mask[region] = rng.random(mask[region].shape) > 0.5
     state.mask, state.region, state.foreground, state.background = mask, region, list(fg), list(bg)
     state.rounds += 1
-    state.settings = (False, 0)
+    state.settings = (False, 0, True)
     state.record_round()
     return mask
 

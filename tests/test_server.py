@@ -217,6 +217,23 @@ def test_follow_object_is_a_per_request_option(server, studies):
     assert pred[tuple(click)] > 0 and dice(pred > 0, case.label.astype(bool)) > 0.5
 
 
+def test_stop_at_blur_is_a_per_request_option(server, studies):
+    """`stop_at_blur` (on by default: a sweep ends where the memory model's answer blurs) is listed with the task's
+    options, and a request that turns it off is answered, as is the same click sent again with it on (the option is
+    part of the round's settings, `test_a_round_may_turn_the_blur_stop_off`)."""
+    model = requests.get(server["url"] + "/info/").json()["models"]["limnet"]
+    assert model["config"]["stop_at_blur"] is True
+    client = MONAILabelClient(server["url"])
+    case, click = _click_inside(studies["blob"])
+    params = {"foreground": [click], "background": [], "client_id": "blur", "reset_state": True,
+              "stop_at_blur": False}
+    path, meta = client.infer("limnet", "blob", params)
+    pred, _ = nrrd.read(path)
+    assert pred[tuple(click)] > 0 and dice(pred > 0, case.label.astype(bool)) > 0.5
+    path, meta = client.infer("limnet", "blob", {**params, "reset_state": False, "stop_at_blur": True})
+    assert meta["round"] == 1 and nrrd.read(path)[0][tuple(click)] > 0
+
+
 def test_a_float_image_is_scaled_whole_after_its_first_answer(server, studies):
     """A float32 study is answered before it is scaled whole (`ScaledVolume`); the scaling to float16 follows in the
     background, and the next rounds, read from the scaled copy, go on as before: the same clicks again give the

@@ -30,6 +30,8 @@ class LimNetConfig(TaskConfig):
         self.use_fusion = conf.get("use_fusion", "false").lower() in ("1", "true", "yes")
         # off by default: on held-out real scans it ran onto neighbours of first-clicked organs (README)
         self.follow_object = conf.get("follow_object", "false").lower() in ("1", "true", "yes")
+        # on by default: a sweep ends where the memory model's answer turns into a blur (README, design log)
+        self.stop_at_blur = conf.get("stop_at_blur", "true").lower() in ("1", "true", "yes")
         self.max_interactions = int(conf.get("max_interactions", "8"))
         self.interaction_ttl = float(conf.get("interaction_ttl", "1800"))
         self._set_cpu_threads(conf.get("torch_threads"))
@@ -52,6 +54,7 @@ class LimNetConfig(TaskConfig):
             labels=self.labels,
             use_fusion=self.use_fusion,
             follow_object=self.follow_object,
+            stop_at_blur=self.stop_at_blur,
             max_interactions=self.max_interactions,
             ttl_seconds=self.interaction_ttl,
         )

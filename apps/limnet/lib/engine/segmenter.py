@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -821,10 +822,16 @@ class LimNetSegmenter:
 
     # -- one round ---------------------------------------------------------------------------------------
     def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click],
-                   use_fusion: bool | None = None, follow: int | None = None) -> np.ndarray:
+                   use_fusion: bool | None = None, follow: int | None = None,
+                   stop_at_blur: bool | None = None) -> np.ndarray:
         """Run one round with all clicks so far; updates `state` and returns the fused bool mask (H x W x D).
 
-        `use_fusion` overrides the segmenter's default for this round (MRF on or off), `follow` its `follow`."""
+        `use_fusion` overrides the segmenter's default for this round (MRF on or off), `follow` its `follow`, and
+        `stop_at_blur` False turns off its propagation's `uncertain_stop` (a tube the memory model is unsure of along
+        its whole length may stop where it blurs)."""
+        cfg = self.propagation
+        if stop_at_blur is False:
+            cfg = dataclasses.replace(cfg, uncertain_stop=None)
         by_slice: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
         for x, y, k in foreground:
             by_slice[int(k)][0].append((int(x), int(y)))
@@ -861,14 +868,14 @@ class LimNetSegmenter:
                 open_ks = np.setdiff1d(np.arange(shape[2]), settled)
                 span = (int(open_ks.min()), int(open_ks.max())) if len(open_ks) else None
             last = state.probs if state.probs_features is state.features else None
-            probs = propagate(self.net.memory, state.features, anchors, self.propagation, last, span, self._sweeper,
+            probs = propagate(self.net.memory, state.features, anchors, cfg, last, span, self._sweeper,
                               self.precision)
             state.probs = {**last, **probs} if last is not None and span is not None else probs
             state.probs_features = state.features
             break
         first = state.mask is None  # only a first round follows the object out of its box (see `follow`)
         follow = self.follow if follow is None else follow
-        pieces = (self._follow(state, box, probs, span, follow, sorted(by_slice)) if follow and first
+        pieces = (self._follow(state, box, probs, span, follow, sorted(by_slice), cfg) if follow and first
                   else [(box, probs)])
         mask = np.zeros(shape, bool, order="F")  # Fortran order: the answer's NRRD is this buffer as it is
         direction = self._direction(state, foreground, background)  # +1: positive clicks alone, -1: negative alone
@@ -914,7 +921,7 @@ class LimNetSegmenter:
         state.foreground = as_clicks(foreground)
         state.background = as_clicks(background)
         state.rounds += 1
-        state.settings = (bool(fuse), int(follow))
+        state.settings = (bool(fuse), int(follow), cfg.uncertain_stop is not None)
         state.record_round()
         return mask
 
@@ -1045,8 +1052,8 @@ class LimNetSegmenter:
         return ks[d_old < d_new].tolist()
 
     def _follow(self, state: InteractionState, box: Box, probs: dict[int, torch.Tensor],
-                span: tuple[int, int] | None, times: int, clicked: list[int]
-                ) -> list[tuple[Box, dict[int, torch.Tensor]]]:
+                span: tuple[int, int] | None, times: int, clicked: list[int],
+                cfg: PropagationConfig | None = None) -> list[tuple[Box, dict[int, torch.Tensor]]]:
         """Where a sweep ended on a mask cut by an edge of the box (inside the image), continue it in a box of the
         same size (larger if the mask needs it) centred on that mask, from the last slice whose mask the box held
         whole, up to `times` times per direction. An oblique tube or a curved sheet leaves a box sized around its
@@ -1054,8 +1061,9 @@ class LimNetSegmenter:
         outside its box); a larger first box finds more of them but sees small objects coarser. Returns (box,
         working-grid probabilities) per piece: the round's own box first, less the slices a continuation answers
         (`probs` itself is left as it is: it is the state's record of this box), then each continuation. A
-        continuation starts at the furthest `clicked` slice in its direction or beyond: it never replaces a prompt."""
-        cfg, shape = self.propagation, state.image.shape
+        continuation starts at the furthest `clicked` slice in its direction or beyond: it never replaces a prompt.
+        `cfg`: the round's propagation settings (the segmenter's if None)."""
+        cfg, shape = cfg or self.propagation, state.image.shape
         lo, hi = span if span is not None else (0, shape[2] - 1)
         probs_out = dict(probs)
         pieces: list[tuple[Box, dict[int, torch.Tensor]]] = [(box, probs_out)]

@@ -72,7 +72,7 @@ class InteractionState:
     probs: dict | None = None  # last round's working-grid probabilities per slice (before pasting and fusion)
     probs_features: object | None = None  # the SliceFeatures `probs` were computed on
     rounds: int = 0
-    settings: tuple = ()  # the options the last round ran with (MRF on, follow), as `add_clicks` took them
+    settings: tuple = ()  # the options the last round ran with (MRF on, follow, stop at blur), as `add_clicks` took them
     history: list[RoundRecord] = field(default_factory=list)  # the last rounds, oldest first (`rewind`)
 
     def mask_voxels(self) -> int:
