@@ -22,7 +22,9 @@ SECONDS = float(os.environ.get("LIMNET_SOAK_SECONDS", "120"))
 MAX_INTERACTIONS = 2 * CLIENTS
 # Each open interaction holds its normalised volume, last mask and per-slice features at the 128 x 128 working size
 # (about 10 MB here). Once the LRU is full, more interactions must not add memory: a store that kept them would
-# grow by that much per interaction opened afterwards (dozens in a 120 s run on the 2-core CI machine).
+# grow by that much per interaction opened afterwards (hundreds in a 120 s run on the 2-core CI machine). Compared:
+# the second half of the time after the LRU filled against the first (`plateau`): right after it fills the
+# allocator still settles (1786 -> 1899 MB in the 11 s after it filled at 9 s in one run, flat from there on).
 PLATEAU_MB = 200
 
 
@@ -59,6 +61,7 @@ def test_clients_at_once_get_their_own_sequential_results(soak_server):
     full = plateau(report, MAX_INTERACTIONS)
     assert full is not None, f"the LRU never filled: {report.open_interactions}"
     when, rss_full, rss_after = full
-    print(f"LRU full at {when:.0f} s: server RSS {rss_full / 2**20:.0f} MB then, at most {rss_after / 2**20:.0f} MB after")
+    print(f"LRU full at {when:.0f} s: server RSS at most {rss_full / 2**20:.0f} MB from then to mid-run, "
+          f"at most {rss_after / 2**20:.0f} MB after")
     assert rss_after - rss_full < PLATEAU_MB << 20, "server memory kept growing after the LRU was full"
     assert proc.poll() is None
