@@ -10,7 +10,7 @@ import torch
 from monailabel.interfaces.config import TaskConfig
 
 from lib.activelearning.uncertainty import MostUncertain, ProbeUncertaintyScoring
-from lib.infers.limnet import LimNetInfer
+from lib.infers.limnet import LimNetInfer, is_on
 from lib.trainers.limnet import LimNetTrainer
 
 logger = logging.getLogger(__name__)
@@ -27,11 +27,11 @@ class LimNetConfig(TaskConfig):
         # the last existing path wins (MONAI Label's convention): trained weights beat the shipped ones
         self.path = [os.path.join(model_dir, f"pretrained_{name}.pt"), os.path.join(model_dir, f"{name}.pt")]
         # MRF is off by default for now: on the held-out scans its scorer lowers mean Dice (README, evaluation)
-        self.use_fusion = conf.get("use_fusion", "false").lower() in ("1", "true", "yes")
+        self.use_fusion = is_on(conf.get("use_fusion", False))
         # off by default: on held-out real scans it ran onto neighbours of first-clicked organs (README)
-        self.follow_object = conf.get("follow_object", "false").lower() in ("1", "true", "yes")
+        self.follow_object = is_on(conf.get("follow_object", False))
         # on by default: a sweep ends where the memory model's answer turns into a blur (README, design log)
-        self.stop_at_blur = conf.get("stop_at_blur", "true").lower() in ("1", "true", "yes")
+        self.stop_at_blur = is_on(conf.get("stop_at_blur", True))
         self.max_interactions = int(conf.get("max_interactions", "8"))
         self.interaction_ttl = float(conf.get("interaction_ttl", "1800"))
         self._set_cpu_threads(conf.get("torch_threads"))

@@ -41,6 +41,11 @@ MAX_LABEL_NAME = 128
 MAX_CLICKS = 1000
 
 
+def is_on(value: Any) -> bool:
+    """An option's value as a client or `--conf` sends it (a JSON bool, or a string such as "true", "1", "yes")."""
+    return str(value).lower() in ("1", "true", "yes")
+
+
 def _bad_request(msg: str) -> HTTPException:
     return HTTPException(status_code=422, detail=msg)
 
@@ -308,12 +313,12 @@ class LimNetInfer(BasicInferTask):
         path = data["image_path"] if isinstance(data.get("image_path"), str) else ""
         st = os.stat(path) if path and os.path.exists(path) else None
         key = (path, st.st_mtime_ns if st else 0, label, str(data.get("client_id") or ""))
-        reset = str(data.get("reset_state", "false")).lower() in ("1", "true", "yes")
-        use_fusion = str(data.get("use_fusion", self.use_fusion)).lower() in ("1", "true", "yes")
+        reset = is_on(data.get("reset_state", False))
+        use_fusion = is_on(data.get("use_fusion", self.use_fusion))
         # a first click's propagation follows a long, thin object out of its box (`LimNetSegmenter._follow`)
-        follow = str(data.get("follow_object", self.follow_object)).lower() in ("1", "true", "yes")
+        follow = is_on(data.get("follow_object", self.follow_object))
         # a sweep past the last clicked slice ends where its slices blur (`PropagationConfig.uncertain_stop`)
-        stop = str(data.get("stop_at_blur", self.stop_at_blur)).lower() in ("1", "true", "yes")
+        stop = is_on(data.get("stop_at_blur", self.stop_at_blur))
         with self._lock:  # one round at a time per task: rounds share the network's buffers (and states)
             state = None if reset else self.store.get(key)
             # clicks taken back (a point deleted in the viewer, then perhaps a new one): back to the round the user saw
@@ -344,7 +349,7 @@ class LimNetInfer(BasicInferTask):
             return super().writer(data, extension, dtype)
         pred = data["pred"]
         asked = data.get("result_compress")  # unsaid (Slicer's requests): as the server chose for this request
-        compress = GZIP_BY_DEFAULT.get() if asked is None else str(asked).lower() in ("1", "true", "yes")
+        compress = GZIP_BY_DEFAULT.get() if asked is None else is_on(asked)
         mask = pred.as_tensor().cpu().numpy()  # not `.array`, which copies the Fortran-ordered buffer into C order
         path = write_label_nrrd(mask, pred.affine, dtype or data.get("result_dtype") or "uint8", compress)
         return path, data.get("result", {})
