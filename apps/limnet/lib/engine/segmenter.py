@@ -1053,7 +1053,7 @@ class LimNetSegmenter:
 
     def _follow(self, state: InteractionState, box: Box, probs: dict[int, torch.Tensor],
                 span: tuple[int, int] | None, times: int, clicked: list[int],
-                cfg: PropagationConfig | None = None) -> list[tuple[Box, dict[int, torch.Tensor]]]:
+                cfg: PropagationConfig) -> list[tuple[Box, dict[int, torch.Tensor]]]:
         """Where a sweep ended on a mask cut by an edge of the box (inside the image), continue it in a box of the
         same size (larger if the mask needs it) centred on that mask, from the last slice whose mask the box held
         whole, up to `times` times per direction. An oblique tube or a curved sheet leaves a box sized around its
@@ -1062,8 +1062,8 @@ class LimNetSegmenter:
         working-grid probabilities) per piece: the round's own box first, less the slices a continuation answers
         (`probs` itself is left as it is: it is the state's record of this box), then each continuation. A
         continuation starts at the furthest `clicked` slice in its direction or beyond: it never replaces a prompt.
-        `cfg`: the round's propagation settings (the segmenter's if None)."""
-        cfg, shape = cfg or self.propagation, state.image.shape
+        `cfg`: the round's propagation settings."""
+        shape = state.image.shape
         lo, hi = span if span is not None else (0, shape[2] - 1)
         probs_out = dict(probs)
         pieces: list[tuple[Box, dict[int, torch.Tensor]]] = [(box, probs_out)]
