@@ -1,6 +1,6 @@
 """Train LIM-Net's weights from scratch on the CPU: generated volumes, fixed seed, resumable.
 
-    .venv/bin/python scripts/train.py --stage all            # interaction, memory, then fusion
+    .venv/bin/python scripts/train.py --stage all            # interaction, refiner, memory, then fusion
     .venv/bin/python scripts/train.py --stage memory --steps-memory 3000
 
 Checkpoints go to --workdir (resumed automatically); the exported weights to --out.
@@ -28,8 +28,14 @@ from lib.training.stages import train_interaction, train_memory  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["interaction", "memory", "fusion", "all"], default="all")
+    p.add_argument("--stage", choices=["interaction", "refiner", "memory", "fusion", "all"], default="all")
     p.add_argument("--steps-interaction", type=int, default=1500)
+    p.add_argument("--steps-refiner", type=int, default=3000,
+                   help="steps of the refiner (the interaction module that also reads the last round's mask)")
+    p.add_argument("--refiner-prob", type=float, default=0.8,
+                   help="share of the refiner's batches trained on a mask to correct (its own answer or a corrupted "
+                        "truth) and its correction clicks")
+    p.add_argument("--refiner-rounds", type=int, default=3, help="up to this many correction rounds in such a batch")
     p.add_argument("--steps-memory", type=int, default=2500)
     p.add_argument("--steps-fusion", type=int, default=1500)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule) of each stage")
@@ -108,6 +114,12 @@ def main() -> None:
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds,
                           box_scale=BoxScale(*args.box_scale, log=True) if args.box_scale else BOX_SCALE)
+        save()
+    if args.stage in ("refiner", "all"):
+        net.add_refiner()  # where the weights have none: a copy of the interaction module as trained so far
+        train_interaction(net, pool, args.steps_refiner, os.path.join(args.workdir, "refiner.ckpt"), args.seed,
+                          lr=args.lr, refine_prob=args.refiner_prob, refine_rounds=args.refiner_rounds,
+                          box_scale=BoxScale(*args.box_scale, log=True) if args.box_scale else BOX_SCALE, refiner=True)
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,

@@ -93,6 +93,8 @@ VARIANTS = {
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-cut": dict(box_search="guarded", local_window=True, cut_beyond=None),
+    "guarded+window+refnew": dict(box_search="guarded", local_window=True, refine_only_new=True),
+    "guarded+window+refneg": dict(box_search="guarded", local_window=True, refine_negatives=True),
     "guarded+window-edge": dict(box_search="guarded", local_window=True, propagation=PropagationConfig(edge_stop=0)),
     "guarded+window+f32": dict(box_search="guarded", local_window=True, precision="float32"),
     "guarded+window+bf16": dict(box_search="guarded", local_window=True, precision="bfloat16"),

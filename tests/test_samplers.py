@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from lib.training.losses import seg_loss
-from lib.training.samplers import BOX_SCALE, BoxScale, Case, _jittered_box, sequence_batch
+from lib.training.samplers import BOX_SCALE, BoxScale, Case, _jittered_box, corrupted_masks, sequence_batch
 
 
 def _scales(scale: BoxScale, n: int = 400) -> np.ndarray:
@@ -58,3 +58,38 @@ def test_a_false_mask_past_the_end_is_scored_by_its_area_when_asked():
     target = torch.zeros(1, 1, 32, 32)
     target[0, 0, 5:15, 5:15] = 1
     assert torch.equal(seg_loss(logits[:1], target, empty_area=16), seg_loss(logits[:1], target))  # object: Dice
+
+
+def test_corrupted_masks_look_like_a_later_rounds_masks():
+    """The refiner's training masks: 0/1, the target's shape, and every kind drawn: grown past the object, inside it
+    (a core, a part, a cut), shifted, empty."""
+    rng = np.random.default_rng(0)
+    target = torch.zeros(200, 1, 64, 64)
+    target[:, :, 20:44, 16:48] = 1
+    out = corrupted_masks(target, rng)
+    assert out.shape == target.shape and set(out.unique().tolist()) <= {0.0, 1.0}
+    t = target[0, 0] > 0.5
+    areas = out.sum((1, 2, 3))
+    inside = torch.tensor([not bool((m[0] > 0.5)[~t].any()) for m in out])
+    assert (areas > t.sum()).any() and (areas == 0).any()  # grown ones and empty ones
+    assert (inside & (areas > 0) & (areas < 0.5 * t.sum())).sum() > 20  # cores, parts, cuts well inside
+    assert (~inside & (areas <= t.sum())).any()  # shifted ones
+
+
+def test_refiner_training_changes_the_refiner_alone(tmp_path):
+    """`train_interaction(refiner=True)`: the later rounds' module learns to read the mask (its mask weights leave
+    zero), the interaction module the first click uses stays as it was."""
+    from conftest import capsule_volume
+
+    from lib.net.bundle import LimNet
+    from lib.training.stages import train_interaction
+
+    image, label = capsule_volume()
+    net = LimNet()
+    net.add_refiner()
+    before = {k: v.clone() for k, v in net.interaction.state_dict().items()}
+    train_interaction(net, lambda: [Case(image, label)], 3, str(tmp_path / "r.ckpt"), 0, batch=2, refine_prob=1.0,
+                      refine_rounds=2, refiner=True)
+    assert all(torch.equal(before[k], v) for k, v in net.interaction.state_dict().items())
+    assert net.refiner.encoder.stem[0].weight[:, 5].abs().sum() > 0
+    assert (tmp_path / "r.ckpt").exists()

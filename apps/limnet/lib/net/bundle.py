@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 
@@ -21,6 +22,15 @@ class LimNet(nn.Module):
         self.interaction = InteractionModule()
         self.memory = MemoryModel()
         self.scorer = SliceScorer()
+        self.refiner: InteractionModule | None = None
+
+    def add_refiner(self) -> None:
+        """A second interaction module that also reads the last round's mask on the slice (`add_mask_input`),
+        started as a copy of the first: it answers clicks on a slice that already has a mask, while the first
+        click's search and readings keep the first module."""
+        if self.refiner is None:
+            self.refiner = copy.deepcopy(self.interaction)
+            self.refiner.add_mask_input()
 
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu") -> "LimNet":
@@ -29,6 +39,8 @@ class LimNet(nn.Module):
         weights = {k: v.float() for k, v in state["state_dict"].items()}
         if any(k.startswith("memory.deep_update.") for k in weights):  # trained with `train.py --deep-update`
             net.memory.add_deep_update()
+        if any(k.startswith("refiner.") for k in weights):  # trained with `train.py --stage refiner`
+            net.add_refiner()
         net.load_state_dict(weights)
         return net.to(device).eval()
 

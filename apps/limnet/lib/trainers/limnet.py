@@ -147,6 +147,9 @@ class LimNetTrainer(TrainTask):
                 net.train()
                 train_interaction(net, lambda: pool, total, os.path.join(work, "i.ckpt"), seed, batch=8, lr=lr,
                                   log_every=max(1, spe // 2))
+                if net.refiner is not None:  # the later rounds' module learns the new labels too
+                    train_interaction(net, lambda: pool, total, os.path.join(work, "r.ckpt"), seed, batch=8, lr=lr,
+                                      log_every=max(1, spe // 2), refine_prob=0.8, refine_rounds=3, refiner=True)
                 train_memory(net, lambda: pool, total, os.path.join(work, "m.ckpt"), seed, batch=4, length=3, lr=lr,
                              log_every=max(1, spe // 2))
                 net.eval()

@@ -109,6 +109,39 @@ def add_error_clicks(pred: torch.Tensor, target: torch.Tensor, clicks: list) -> 
     return out
 
 
+def corrupted_masks(target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """What a propagated mask on a later round's slice looks like (B x 1 x S x S, 0/1): the truth grown into a patch,
+    shrunk to a core, shifted, cut by a straight line, a small part of it (a large object first found in part), or
+    empty past where propagation stopped."""
+    out = []
+    for t in target[:, 0].numpy() > 0.5:
+        m = t.copy()
+        kind = rng.choice(["grow", "shrink", "shift", "cut", "part", "empty"], p=[0.25, 0.15, 0.15, 0.15, 0.2, 0.1])
+        if kind == "grow":
+            m = ndi.binary_dilation(m, iterations=int(rng.integers(2, 16)))
+        elif kind == "shrink":
+            m = ndi.binary_erosion(m, iterations=int(rng.integers(1, 8)))
+        elif kind == "shift":
+            d = (rng.uniform(-0.25, 0.25, 2) * max(1, np.sqrt(m.sum()))).astype(int)
+            m = np.roll(m, tuple(int(v) for v in d), (0, 1))
+        elif kind == "cut":
+            xs, ys = np.nonzero(m) if m.any() else (np.array([0]), np.array([0]))
+            a = rng.uniform(0, 2 * np.pi)
+            gx, gy = np.ogrid[: m.shape[0], : m.shape[1]]
+            proj = (gx - xs.mean()) * np.cos(a) + (gy - ys.mean()) * np.sin(a)
+            m = m & (proj < rng.uniform(-0.5, 0.5) * max(1.0, np.sqrt(m.sum())))
+        elif kind == "part":  # a large object first found in part: a disc of it around one of its pixels
+            xs, ys = np.nonzero(m)
+            i = int(rng.integers(len(xs))) if len(xs) else 0
+            r = rng.uniform(0.1, 0.35) * 2 * np.sqrt(max(1, m.sum()) / np.pi)
+            gx, gy = np.ogrid[: m.shape[0], : m.shape[1]]
+            m = m & ((gx - (xs[i] if len(xs) else 0)) ** 2 + (gy - (ys[i] if len(ys) else 0)) ** 2 <= r * r)
+        else:
+            m = np.zeros_like(m)
+        out.append(torch.from_numpy(m.astype(np.float32)))
+    return torch.stack(out)[:, None]
+
+
 def interaction_inputs(images: torch.Tensor, clicks: list) -> torch.Tensor:
     size = images.shape[-1]
     maps = torch.stack([click_maps(p, n, size) for p, n in clicks])

@@ -18,6 +18,7 @@ from .samplers import (
     BoxScale,
     Case,
     add_error_clicks,
+    corrupted_masks,
     interaction_batch,
     interaction_inputs,
     perturb_mask,
@@ -72,14 +73,18 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
                       lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5, refine_rounds: int = 1,
-                      box_scale: BoxScale = BOX_SCALE) -> None:
-    """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device).
+                      box_scale: BoxScale = BOX_SCALE, refiner: bool = False) -> None:
+    """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device), or with
+    `refiner` the later rounds' module (`LimNet.add_refiner`).
 
     With probability `refine_prob` a batch gets 1 to `refine_rounds` robot corrections on the module's own
     predictions before the step (RITM-style iterative training): later rounds are where a user's negative clicks
-    must take back what the first answer took too much of.
+    must take back what the first answer took too much of. A module with a mask input (`add_mask_input`) sees the
+    mask each correction was made on; half its correction batches start from a corrupted truth (`corrupted_masks`,
+    a propagated mask too large, too small or shifted) with only the corrections as clicks, as a later round's
+    slice is clicked.
     """
-    module = net.interaction.train()
+    module = (net.refiner if refiner else net.interaction).train()
     dev = next(module.parameters()).device
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     start = _load_ckpt(ckpt, module, opt)
@@ -89,26 +94,39 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
         images, target, clicks = interaction_batch(cases(), rng, batch, WORKING_SIZE, box_scale)
+        prior = torch.zeros_like(target) if module.takes_mask else None
         if rng.random() < refine_prob:  # simulated correction rounds on the model's own predictions
             rounds = 1 if refine_rounds <= 1 else int(rng.integers(1, refine_rounds + 1))
             module.eval()
-            for _ in range(rounds):
+            if module.takes_mask and rng.random() < 0.5:  # a later round's slice: a propagated mask, its clicks alone
+                pred, clicks = corrupted_masks(target, rng), [([], []) for _ in clicks]
+            else:
                 with torch.no_grad():
-                    pred = torch.sigmoid(module(interaction_inputs(images, clicks).to(dev))).cpu()
+                    pred = torch.sigmoid(module(interaction_inputs(images, clicks).to(dev), _on(prior, dev))).cpu()
+            for r in range(rounds):
                 clicks = add_error_clicks(pred, target, clicks)
+                if module.takes_mask:
+                    prior = (pred > 0.5).float()
+                if r + 1 < rounds:
+                    with torch.no_grad():
+                        pred = torch.sigmoid(module(interaction_inputs(images, clicks).to(dev), _on(prior, dev))).cpu()
             module.train()
-        loss = seg_loss(module(interaction_inputs(images, clicks).to(dev)), target.to(dev))
+        loss = seg_loss(module(interaction_inputs(images, clicks).to(dev), _on(prior, dev)), target.to(dev))
         opt.zero_grad()
         loss.backward()
         _sync_grads(module)
         opt.step()
         run.append(loss.item())
         if ((step + 1) % log_every == 0 or step + 1 == steps) and _world()[0] == 0:
-            logger.info("interaction step %d/%d loss %.4f (%.2fs/step)", step + 1, steps, np.mean(run),
-                        (time.time() - t0) / len(run))
+            logger.info("%s step %d/%d loss %.4f (%.2fs/step)", "refiner" if refiner else "interaction", step + 1,
+                        steps, np.mean(run), (time.time() - t0) / len(run))
             run, t0 = [], time.time()
             _save_ckpt(ckpt, module, opt, step + 1)
-    net.interaction.eval()
+    module.eval()
+
+
+def _on(t: torch.Tensor | None, dev: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(dev)
 
 
 def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, first_mask: torch.Tensor,
