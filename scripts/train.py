@@ -23,7 +23,7 @@ from lib.data.real_targets import mni_training_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 from lib.training.pool import CasePool  # noqa: E402
 from lib.training.samplers import BOX_SCALE, BoxScale  # noqa: E402
-from lib.training.stages import train_interaction, train_memory  # noqa: E402
+from lib.training.stages import REFINER_PROB, REFINER_ROUNDS, train_interaction, train_memory  # noqa: E402
 
 
 def main() -> None:
@@ -32,10 +32,10 @@ def main() -> None:
     p.add_argument("--steps-interaction", type=int, default=1500)
     p.add_argument("--steps-refiner", type=int, default=3000,
                    help="steps of the refiner (the interaction module that also reads the last round's mask)")
-    p.add_argument("--refiner-prob", type=float, default=0.8,
+    p.add_argument("--refiner-prob", type=float, default=REFINER_PROB,
                    help="share of the refiner's batches trained on a mask to correct (its own answer or a corrupted "
                         "truth) and its correction clicks")
-    p.add_argument("--refiner-rounds", type=int, default=3, help="up to this many correction rounds in such a batch")
+    p.add_argument("--refiner-rounds", type=int, default=REFINER_ROUNDS, help="up to this many correction rounds in such a batch")
     p.add_argument("--steps-memory", type=int, default=2500)
     p.add_argument("--steps-fusion", type=int, default=1500)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule) of each stage")
@@ -110,16 +110,17 @@ def main() -> None:
                 param.requires_grad_(name.startswith("deep_update."))
     net.to(device)
     logging.info("training on %s", device)
+    box_scale = BoxScale(*args.box_scale, log=True) if args.box_scale else BOX_SCALE
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds,
-                          box_scale=BoxScale(*args.box_scale, log=True) if args.box_scale else BOX_SCALE)
+                          box_scale=box_scale)
         save()
     if args.stage in ("refiner", "all"):
         net.add_refiner()  # where the weights have none: a copy of the interaction module as trained so far
         train_interaction(net, pool, args.steps_refiner, os.path.join(args.workdir, "refiner.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refiner_prob, refine_rounds=args.refiner_rounds,
-                          box_scale=BoxScale(*args.box_scale, log=True) if args.box_scale else BOX_SCALE, refiner=True)
+                          box_scale=box_scale, refiner=True)
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,

@@ -318,10 +318,9 @@ class LimNetSegmenter:
         frames = crop_slices(image, box, ks, self.size, window)
         to_w = [box.to_working(x, y, self.size) for x, y in pos], [box.to_working(x, y, self.size) for x, y in neg]
         x = torch.cat([frames, click_maps(*to_w, self.size)[None]], dim=1).to(self.device)
-        refiner = self.net.refiner if last is not None else None
         with torch.inference_mode(), self._autocast():
-            if refiner is not None:
-                prob = torch.sigmoid(refiner(x, self._working(last, box)[None, None]))[0, 0].float()
+            if last is not None:
+                prob = torch.sigmoid(self.net.refiner(x, self._working(last, box)[None, None]))[0, 0].float()
             else:
                 prob = torch.sigmoid(self.net.interaction(x))[0, 0].float()
         if self.negative_geodesic and pos and neg:
@@ -349,17 +348,11 @@ class LimNetSegmenter:
             comp = lab == comp_id
             clicks = [(x, y) for x, y in negative if comp[x, y]]
             out &= ~comp
-            if self.refine_negatives and shown is not None:
-                h, w = last.shape
-                seeds = [p for p in positive if comp[p]]
-                answer = paste_slices(self._interact(state.image, box, k, seeds, negative, last=shown)[None], box,
-                                      (h, w))
-                out |= comp & (answer[:, :, 0] > 0.5)
-                continue
-            depth = self._depth_in(comp)
-            core = self._core_away_from(comp, clicks, depth) if self.split_leaks else None
+            refine = self.refine_negatives and shown is not None  # the refiner answers the component as it is
+            depth = None if refine else self._depth_in(comp)
+            core = self._core_away_from(comp, clicks, depth) if self.split_leaks and not refine else None
             seeds = [p for p in positive if comp[p]] + ([core] if core is not None else [])
-            if seeds:
+            if seeds or refine:
                 h, w = last.shape
                 answer = paste_slices(self._interact(state.image, box, k, seeds, negative, last=shown)[None], box,
                                       (h, w))

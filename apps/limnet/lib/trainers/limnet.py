@@ -22,7 +22,7 @@ from lib.engine.geometry import normalize_intensity
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
 from lib.training.samplers import Case
-from lib.training.stages import train_interaction, train_memory
+from lib.training.stages import REFINER_PROB, REFINER_ROUNDS, train_interaction, train_memory
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,8 @@ class LimNetTrainer(TrainTask):
                                   log_every=max(1, spe // 2))
                 if net.refiner is not None:  # the later rounds' module learns the new labels too
                     train_interaction(net, lambda: pool, total, os.path.join(work, "r.ckpt"), seed, batch=8, lr=lr,
-                                      log_every=max(1, spe // 2), refine_prob=0.8, refine_rounds=3, refiner=True)
+                                      log_every=max(1, spe // 2), refine_prob=REFINER_PROB,
+                                      refine_rounds=REFINER_ROUNDS, refiner=True)
                 train_memory(net, lambda: pool, total, os.path.join(work, "m.ckpt"), seed, batch=4, length=3, lr=lr,
                              log_every=max(1, spe // 2))
                 net.eval()

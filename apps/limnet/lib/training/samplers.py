@@ -133,9 +133,10 @@ def corrupted_masks(target: torch.Tensor, rng: np.random.Generator) -> torch.Ten
         elif kind == "part":  # a large object first found in part: a disc of it around one of its pixels
             xs, ys = np.nonzero(m)
             i = int(rng.integers(len(xs))) if len(xs) else 0
+            cx, cy = (xs[i], ys[i]) if len(xs) else (0, 0)
             r = rng.uniform(0.1, 0.35) * 2 * np.sqrt(max(1, m.sum()) / np.pi)
             gx, gy = np.ogrid[: m.shape[0], : m.shape[1]]
-            m = m & ((gx - (xs[i] if len(xs) else 0)) ** 2 + (gy - (ys[i] if len(ys) else 0)) ** 2 <= r * r)
+            m = m & ((gx - cx) ** 2 + (gy - cy) ** 2 <= r * r)
         else:
             m = np.zeros_like(m)
         out.append(torch.from_numpy(m.astype(np.float32)))

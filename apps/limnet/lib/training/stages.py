@@ -71,6 +71,9 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
     return float(lr * warm * 0.5 * (1 + np.cos(np.pi * min(step / max(steps, 1), 1.0))))
 
 
+REFINER_PROB, REFINER_ROUNDS = 0.8, 3  # the refiner's share of batches on a mask to correct, its most rounds
+
+
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
                       lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5, refine_rounds: int = 1,
                       box_scale: BoxScale = BOX_SCALE, refiner: bool = False) -> None:
