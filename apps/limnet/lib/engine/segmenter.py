@@ -369,11 +369,15 @@ class LimNetSegmenter:
         if state.mask is None or not self.use_refiner or self.net.refiner is None:
             return None
         if self.refine_only_new:
-            old_pos = {(x, y) for x, y, j in state.foreground if j == k}
-            old_neg = {(x, y) for x, y, j in state.background if j == k}
+            old_pos, old_neg = self._earlier_clicks(state, k)
             if set(pos) <= old_pos and set(neg) <= old_neg:
                 return None
         return state.mask[:, :, k]
+
+    @staticmethod
+    def _earlier_clicks(state: InteractionState, k: int) -> tuple[set, set]:
+        """The (positive, negative) in-plane clicks the last round had on slice k."""
+        return ({(x, y) for x, y, j in state.foreground if j == k}, {(x, y) for x, y, j in state.background if j == k})
 
     @staticmethod
     def _depth_in(comp: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
@@ -488,8 +492,7 @@ class LimNetSegmenter:
         in (answered again from scratch in a larger box, a click on tissue of like intensity grows along it)."""
         if state.mask is None:
             return None
-        before = ({(x, y) for x, y, j in state.foreground if j == k}, {(x, y) for x, y, j in state.background if j == k})
-        if before != (set(pos), set(neg)):
+        if self._earlier_clicks(state, k) != (set(pos), set(neg)):
             return None
         last = state.mask[:, :, k]
         if not all(last[x, y] for x, y in pos) or any(last[x, y] for x, y in neg):
@@ -516,8 +519,8 @@ class LimNetSegmenter:
         elif not neg and self.positive_adds:
             prompt = self._added(state, box, k, pos)
         elif self.slice_one_way and state.mask is not None:
-            new_pos = set(pos) - {(x, y) for x, y, j in state.foreground if j == k}
-            new_neg = set(neg) - {(x, y) for x, y, j in state.background if j == k}
+            old_pos, old_neg = self._earlier_clicks(state, k)
+            new_pos, new_neg = set(pos) - old_pos, set(neg) - old_neg
             if new_neg and not new_pos:
                 prompt = self._trimmed(state, box, k, neg, pos)
             elif new_pos and not new_neg:
