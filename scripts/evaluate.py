@@ -16,7 +16,9 @@ putamen, pallidum, each side, at 1 mm and the left ones on 3 mm slices) of deepm
 IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a nucleus means the nucleus.
 `--set brainval2`: the same nuclei, both sides, on the template block-averaged to 2 mm isotropic. `--set
 brainval256`: those of `brainval` on slices padded with air to 256 x 256 (a 256 mm field of view at 1 mm, which
-the server treats as CT-sized).
+the server treats as CT-sized). `--user slice`: a robot user who, as in Slicer or OHIF, corrects the slice of
+its first click (the deepest pixel of the largest 2D error there) until that slice's Dice reaches 0.9, then
+clicks as the challenge's robot.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ def main() -> None:
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     p.add_argument("--weights", default="")
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--user", choices=("volume", "slice"), default="volume",
+                   help="the robot user: the challenge's (volume) or one who corrects the first click's slice "
+                        "until its Dice reaches 0.9, then clicks as the challenge's (slice)")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--plot", default="", help="write a PNG of mean Dice against clicks per method here")
@@ -95,13 +100,14 @@ def main() -> None:
     results = []
     for c in cases:
         t = time.time()
-        r = evaluate_case(net, c.name, c.image, c.label, c.spacing, args.rounds, baseline=not args.no_baseline)
+        r = evaluate_case(net, c.name, c.image, c.label, c.spacing, args.rounds, baseline=not args.no_baseline,
+                          user=args.user)
         results.append(r)
         print(f"# {c.name} ({c.modality}, {list(c.image.shape)}, {c.spacing[2]:g} mm slices, "
               f"{int(c.label.sum())} voxels): {time.time() - t:.0f}s", flush=True)
     methods = [m for m in METHODS if m in results[0].dice]
-    print(f"\nweights: {os.path.relpath(weights, ROOT)}; machine: {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {args.threads}; {time.strftime('%Y-%m-%d')}")
+    print(f"\nweights: {os.path.relpath(weights, ROOT)}; robot user: {args.user}; machine: {platform.machine()}, "
+          f"{os.cpu_count()} cores, torch threads {args.threads}; {time.strftime('%Y-%m-%d')}")
     head = "| case | method | " + " | ".join(f"Dice@{i + 1}" for i in range(args.rounds)) + " | regressions | median s/click |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))

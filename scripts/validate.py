@@ -65,6 +65,7 @@ VARIANTS = {
     "guarded+window+foot1": dict(box_search="guarded", local_window=True, negative_footprint=1.0),
     "guarded+window+foot05": dict(box_search="guarded", local_window=True, negative_footprint=0.5),
     "guarded+window+foot0": dict(box_search="guarded", local_window=True, negative_footprint=0.0),
+    "guarded+window+footnone": dict(box_search="guarded", local_window=True, negative_footprint=None),
     "guarded+window-reread": dict(box_search="guarded", local_window=True, reread=None),
     "guarded+window+reread2": dict(box_search="guarded", local_window=True, reread=2.0),
     "guarded+window-larger": dict(box_search="guarded", local_window=True, larger_reading=False),

@@ -3,6 +3,8 @@ object ends, and round fusion keeping the better slice."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -175,6 +177,25 @@ def test_a_round_may_turn_the_blur_stop_off(net) -> None:
     assert np.array_equal(off, plain.add_clicks(plain.new_state(image), click, []))
     assert off.sum() > stopped.sum() and state.settings[2] is False
     assert np.flatnonzero(stopped.any((0, 1))).tolist() == [25, 26, 27, 28, 29]
+
+
+def test_a_round_may_turn_the_refiner_off(net) -> None:
+    """`add_clicks(use_refiner=False)` answers a later click as a segmenter without the refiner does (the per-request
+    option), records it in the state's settings, and the next round without the option uses the refiner again."""
+    image, label = capsule_volume(seed=3)
+    first, later = [(48, 44, 20)], [(48, 44, 20), (50, 52, 20)]
+    with_refiner = LimNetSegmenter(net, "cpu", use_fusion=False)
+    without = LimNetSegmenter(net, "cpu", use_fusion=False, use_refiner=False)
+    answers = {}
+    for name, seg, option in (("on", with_refiner, None), ("off", without, None), ("asked off", with_refiner, False)):
+        state = seg.new_state(image)
+        seg.add_clicks(state, first, [])
+        answers[name] = seg.add_clicks(state, later, [], use_refiner=option)
+        assert state.settings[3] is (option is None and seg is with_refiner)
+    assert np.array_equal(answers["asked off"], answers["off"])
+    state = with_refiner.new_state(image)
+    with_refiner.add_clicks(state, first, [], use_refiner=False)
+    assert np.array_equal(with_refiner.add_clicks(state, later, []), answers["on"]) and state.settings[3] is True
 
 
 def test_round_fusion_keeps_the_better_slice(net):
@@ -866,7 +887,7 @@ def test_a_fresh_refiner_answers_as_the_interaction_module(net, tmp_path) -> Non
 def test_the_refiner_reads_the_mask_only_of_a_slice_clicked_again(net) -> None:
     """`_shown_mask`: a later round's slice with a new click is answered by the refiner with the last mask; a slice
     whose clicks are all from earlier rounds (answered again in a changed box) by the interaction module alone, as
-    is every slice of a first round and every slice with `use_refiner` off."""
+    is every slice of a first round and every slice of a round with `use_refiner` off."""
     from lib.engine.state import InteractionState
 
     assert net.refiner is not None and net.refiner.takes_mask  # the committed weights carry one
@@ -878,6 +899,6 @@ def test_the_refiner_reads_the_mask_only_of_a_slice_clicked_again(net) -> None:
     shown = seg._shown_mask(state, 20, [(48, 44), (50, 40)], [])
     assert shown is not None and np.array_equal(shown, label[:, :, 20])
     assert seg._shown_mask(state, 28, [], [(48, 30)]) is not None
-    assert LimNetSegmenter(net, "cpu", use_fusion=False, use_refiner=False)._shown_mask(state, 28, [], [(48, 30)]) is None
+    assert seg._shown_mask(dataclasses.replace(state, refine=False), 28, [], [(48, 30)]) is None  # the round's option
     assert LimNetSegmenter(net, "cpu", use_fusion=False, refine_only_new=False)._shown_mask(
         state, 20, [(48, 44)], []) is not None

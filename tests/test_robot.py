@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from lib.data.robot import dice, next_click
+from lib.data.robot import dice, next_click, next_click_on_slice, run_robot
 from lib.engine.state import InteractionState, InteractionStore
 
 
@@ -22,6 +22,32 @@ def test_click_goes_to_the_largest_error_and_is_negative_on_false_positives():
     assert not positive and 15 <= idx[0] < 27 and 15 <= idx[1] < 27
     assert next_click(gt, gt) is None
     assert dice(pred, gt) < 1 and dice(gt, gt) == 1
+
+
+def test_the_slice_user_corrects_the_first_slice_then_clicks_as_the_robot():
+    """`user="slice"`: after the first click, clicks go to the largest 2D error on its slice (here a false patch
+    beside the object there, although a larger error lies elsewhere) until that slice's Dice reaches 0.9; then the
+    robot's 3D click. The challenge's robot would click the larger error first."""
+    gt = np.zeros((40, 40, 12), bool)
+    gt[10:21, 10:21, 1:12] = True
+    patch = np.zeros_like(gt)
+    patch[23:31, 10:21, 6] = True  # a false patch beside the object on the first click's slice
+    far = np.zeros_like(gt)
+    far[26:40, 26:40, 0:5] = True  # a larger false object on other slices
+    answers = [gt | patch | far, gt | far, gt]
+    for user in ("slice", "volume"):
+        calls = []
+
+        def segment(fg, bg):
+            calls.append((list(fg), list(bg)))
+            return answers[min(len(calls) - 1, 2)]
+
+        run = run_robot(segment, gt, 3, user=user)
+        assert run.foreground == [(15, 15, 6)]  # the object's centre
+        x, y, k = run.background[0]
+        assert (23 <= x < 31 and 10 <= y < 21 and k == 6) is (user == "slice")  # the patch, for the slice user
+        assert 26 <= run.background[-1][0] < 40 and 26 <= run.background[-1][1] < 40  # then the far object
+    assert next_click_on_slice(gt, gt, 6) is None and next_click_on_slice(gt | patch, gt, 6)[1] is False
 
 
 def test_rounds_are_recognised_by_extended_clicks():

@@ -234,6 +234,27 @@ def test_stop_at_blur_is_a_per_request_option(server, studies):
     assert meta["round"] == 1 and nrrd.read(path)[0][tuple(click)] > 0
 
 
+def test_use_refiner_is_a_per_request_option(server, studies):
+    """`use_refiner` (on by default: a later click is answered reading the last mask on its slice) is listed with
+    the task's options; a later round asked without it is answered from the clicks alone, and the same clicks sent
+    again with it on are computed afresh (the option is part of the round's settings,
+    `test_a_round_may_turn_the_refiner_off`)."""
+    model = requests.get(server["url"] + "/info/").json()["models"]["limnet"]
+    assert model["config"]["use_refiner"] is True
+    client = MONAILabelClient(server["url"])
+    case, click = _click_inside(studies["blob"])
+    first = {"foreground": [click], "background": [], "client_id": "refiner", "reset_state": True}
+    client.infer("limnet", "blob", first)
+    gt = case.label.astype(bool)
+    inside = np.argwhere(gt[:, :, click[2]])
+    second = [int(v) for v in inside[len(inside) // 3]] + [click[2]]
+    later = {**first, "foreground": [click, second], "reset_state": False, "use_refiner": False}
+    path, meta = client.infer("limnet", "blob", later)
+    assert meta["round"] == 2 and nrrd.read(path)[0][tuple(second)] > 0
+    path, meta = client.infer("limnet", "blob", {**later, "use_refiner": True})
+    assert meta["round"] == 1 and nrrd.read(path)[0][tuple(second)] > 0  # afresh: both clicks in one round
+
+
 def test_a_float_image_is_scaled_whole_after_its_first_answer(server, studies):
     """A float32 study is answered before it is scaled whole (`ScaledVolume`); the scaling to float16 follows in the
     background, and the next rounds, read from the scaled copy, go on as before: the same clicks again give the

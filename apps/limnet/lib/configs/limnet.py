@@ -32,6 +32,8 @@ class LimNetConfig(TaskConfig):
         self.follow_object = is_on(conf.get("follow_object", False))
         # on by default: a sweep ends where the memory model's answer turns into a blur (README, design log)
         self.stop_at_blur = is_on(conf.get("stop_at_blur", True))
+        # on by default: a later click is answered reading the last mask on its slice (README, design log)
+        self.use_refiner = is_on(conf.get("use_refiner", True))
         self.max_interactions = int(conf.get("max_interactions", "8"))
         self.interaction_ttl = float(conf.get("interaction_ttl", "1800"))
         self._set_cpu_threads(conf.get("torch_threads"))
@@ -55,6 +57,7 @@ class LimNetConfig(TaskConfig):
             use_fusion=self.use_fusion,
             follow_object=self.follow_object,
             stop_at_blur=self.stop_at_blur,
+            use_refiner=self.use_refiner,
             max_interactions=self.max_interactions,
             ttl_seconds=self.interaction_ttl,
         )

@@ -40,7 +40,8 @@ def replay(segment, order, gt) -> tuple[list[float], list[float]]:
 
 
 def evaluate_case(net: LimNet, name: str, image: np.ndarray, label: np.ndarray, spacing, rounds: int,
-                  baseline: bool = True, device: str = "cpu") -> CaseResult:
+                  baseline: bool = True, device: str = "cpu", user: str = "volume") -> CaseResult:
+    """`user`: `run_robot`'s ("volume": the challenge's robot; "slice": corrects the first click's slice first)."""
     res = CaseResult(name)
     seg = LimNetSegmenter(net, device, use_fusion=False)
     state = seg.new_state(image)
@@ -51,7 +52,7 @@ def evaluate_case(net: LimNet, name: str, image: np.ndarray, label: np.ndarray, 
         order.extend([(True, c) for c in fg[len(seen[0]):]] + [(False, c) for c in bg[len(seen[1]):]])
         return seg.add_clicks(state, fg, bg)
 
-    run = run_robot(limnet, label, rounds, spacing)
+    run = run_robot(limnet, label, rounds, spacing, user=user)
     res.dice["limnet_no_mrf"], res.seconds["limnet_no_mrf"] = run.dice, run.seconds
     fused = LimNetSegmenter(net, device, use_fusion=True)
     fstate = fused.new_state(image)

@@ -1,5 +1,6 @@
 """The robot user (CVPR 2025 interactive 3D segmentation challenge): click the voxel deepest inside the
-largest 26-connected error component; positive where the ground truth is foreground.
+largest 26-connected error component; positive where the ground truth is foreground. `run_robot(user="slice")`: a
+user as in Slicer or OHIF, who corrects the slice of the first click until it is right, then goes on as the robot.
 
 Shared by evaluation, the trainer's validation and the tests.
 """
@@ -32,6 +33,20 @@ def next_click(pred: np.ndarray, gt: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tup
     return idx, bool(gt[idx])
 
 
+def next_click_on_slice(pred: np.ndarray, gt: np.ndarray, k: int, good: float = 0.9) -> tuple[Click, bool] | None:
+    """The click of a user looking at slice k: the pixel deepest inside the largest 2D error component there, or
+    None once the slice's Dice reaches `good` (the user then looks elsewhere)."""
+    p, g = pred[:, :, k].astype(bool), gt[:, :, k].astype(bool)
+    err = p != g
+    if not err.any() or dice(p, g) >= good:
+        return None
+    lab, _ = ndi.label(err)
+    comp = lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+    depth = ndi.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
+    x, y = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return (int(x), int(y), int(k)), bool(g[x, y])
+
+
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     p, g = pred.astype(bool), gt.astype(bool)
     denom = p.sum() + g.sum()
@@ -48,12 +63,19 @@ class RobotRun:
 
 
 def run_robot(segment: Callable[[list[Click], list[Click]], np.ndarray], gt: np.ndarray, rounds: int,
-              spacing=(1.0, 1.0, 1.0), keep_masks: bool = False) -> RobotRun:
-    """Click `rounds` times; `segment(foreground, background)` returns the mask after all clicks so far."""
+              spacing=(1.0, 1.0, 1.0), keep_masks: bool = False, user: str = "volume") -> RobotRun:
+    """Click `rounds` times; `segment(foreground, background)` returns the mask after all clicks so far. `user`:
+    "volume" (the challenge's robot) or "slice" (`next_click_on_slice` on the first click's slice while it is
+    wrong, then the robot's click)."""
+    if user not in ("volume", "slice"):
+        raise ValueError(f"user must be 'volume' or 'slice', not {user!r}")
     run = RobotRun()
     pred = np.zeros(gt.shape, bool)
     for _ in range(rounds):
-        click = next_click(pred, gt, spacing)
+        click = None
+        if user == "slice" and run.foreground:  # the first click is positive: the prediction starts empty
+            click = next_click_on_slice(pred, gt, run.foreground[0][2])
+        click = click or next_click(pred, gt, spacing)
         if click is None:  # perfect: the robot stops clicking, Dice stays
             run.dice.append(run.dice[-1] if run.dice else 1.0)
             run.seconds.append(0.0)

@@ -363,10 +363,10 @@ class LimNetSegmenter:
 
     def _shown_mask(self, state: InteractionState, k: int, pos: list, neg: list) -> np.ndarray | None:
         """The last round's mask on slice k for the refiner module to read (`_interact`'s `last`), or None where the
-        interaction module answers from the clicks alone: a first round, weights without a refiner, `use_refiner`
-        off, or with `refine_only_new` a slice whose clicks are all from earlier rounds (answered again because the
-        box changed)."""
-        if state.mask is None or not self.use_refiner or self.net.refiner is None:
+        interaction module answers from the clicks alone: a first round, weights without a refiner, the round's
+        `use_refiner` off (`state.refine`), or with `refine_only_new` a slice whose clicks are all from earlier
+        rounds (answered again because the box changed)."""
+        if state.mask is None or not state.refine or self.net.refiner is None:
             return None
         if self.refine_only_new:
             old_pos, old_neg = self._earlier_clicks(state, k)
@@ -863,13 +863,16 @@ class LimNetSegmenter:
     # -- one round ---------------------------------------------------------------------------------------
     def add_clicks(self, state: InteractionState, foreground: list[Click], background: list[Click],
                    use_fusion: bool | None = None, follow: int | None = None,
-                   stop_at_blur: bool | None = None) -> np.ndarray:
+                   stop_at_blur: bool | None = None, use_refiner: bool | None = None) -> np.ndarray:
         """Run one round with all clicks so far; updates `state` and returns the fused bool mask (H x W x D).
 
         `use_fusion` overrides the segmenter's default for this round (MRF on or off), `follow` its `follow`, and
         `stop_at_blur` False turns off its propagation's `uncertain_stop` (a tube the memory model is unsure of along
-        its whole length may stop where it blurs)."""
+        its whole length may stop where it blurs), and `use_refiner` its `use_refiner` (False: a later click is
+        answered from the clicks alone, without the last mask, as before the refiner; an object the first click
+        found only in part grows faster that way)."""
         cfg = self.propagation
+        state.refine = self.use_refiner if use_refiner is None else bool(use_refiner)
         if stop_at_blur is False:
             cfg = dataclasses.replace(cfg, uncertain_stop=None)
         by_slice: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
@@ -961,7 +964,7 @@ class LimNetSegmenter:
         state.foreground = as_clicks(foreground)
         state.background = as_clicks(background)
         state.rounds += 1
-        state.settings = (bool(fuse), int(follow), cfg.uncertain_stop is not None)
+        state.settings = (bool(fuse), int(follow), cfg.uncertain_stop is not None, state.refine)
         state.record_round()
         return mask
 

@@ -72,7 +72,8 @@ class InteractionState:
     probs: dict | None = None  # last round's working-grid probabilities per slice (before pasting and fusion)
     probs_features: object | None = None  # the SliceFeatures `probs` were computed on
     rounds: int = 0
-    settings: tuple = ()  # the options the last round ran with (MRF on, follow, stop at blur), as `add_clicks` took them
+    settings: tuple = ()  # the options the last round ran with (MRF on, follow, stop at blur, refiner), as `add_clicks` took them
+    refine: bool = True  # this round's `use_refiner`: whether a later round's clicked slice is answered reading the last mask
     history: list[RoundRecord] = field(default_factory=list)  # the last rounds, oldest first (`rewind`)
 
     def mask_voxels(self) -> int:

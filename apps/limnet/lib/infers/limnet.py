@@ -232,7 +232,7 @@ class LimNetInfer(BasicInferTask):
     def __init__(self, path: str | Sequence[str], labels: Sequence[str], description: str = "",
                  use_fusion: bool = False, max_interactions: int = 8, ttl_seconds: float = 1800.0,
                  config: dict | None = None, follow_object: bool = False, stop_at_blur: bool = True,
-                 **kwargs) -> None:
+                 use_refiner: bool = True, **kwargs) -> None:
         super().__init__(
             path=path,
             network=None,
@@ -241,10 +241,12 @@ class LimNetInfer(BasicInferTask):
             dimension=3,
             description=description or "LIM-Net: clicks on a slice, propagated through the volume (MRF rounds)",
             config={"result_extension": ".nrrd", "result_dtype": "uint8", "use_fusion": use_fusion,
-                    "follow_object": follow_object, "stop_at_blur": stop_at_blur, **(config or {})},
+                    "follow_object": follow_object, "stop_at_blur": stop_at_blur, "use_refiner": use_refiner,
+                    **(config or {})},
             **kwargs,
         )
         self.use_fusion, self.follow_object, self.stop_at_blur = use_fusion, follow_object, stop_at_blur
+        self.use_refiner = use_refiner
         self.store = InteractionStore(max_interactions, ttl_seconds)
         self.volumes = VolumeCache()
         self._segmenters: dict[str, tuple[int, LimNetSegmenter]] = {}
@@ -319,13 +321,15 @@ class LimNetInfer(BasicInferTask):
         follow = is_on(data.get("follow_object", self.follow_object))
         # a sweep past the last clicked slice ends where its slices blur (`PropagationConfig.uncertain_stop`)
         stop = is_on(data.get("stop_at_blur", self.stop_at_blur))
+        # a later click on a slice is answered reading the mask the user sees there (`LimNetSegmenter._shown_mask`)
+        refine = is_on(data.get("use_refiner", self.use_refiner))
         with self._lock:  # one round at a time per task: rounds share the network's buffers (and states)
             state = None if reset else self.store.get(key)
             # clicks taken back (a point deleted in the viewer, then perhaps a new one): back to the round the user saw
             # with the remaining clicks, not a recomputation of them all at once (`InteractionState.rewind`)
             if state is not None and state.new_clicks(fg, bg) is None and not state.rewind(fg, bg):
                 state = None
-            settings = (use_fusion, FOLLOW_TIMES if follow else 0, stop)
+            settings = (use_fusion, FOLLOW_TIMES if follow else 0, stop, refine)
             repeat = state is not None and state.mask is not None and state.new_clicks(fg, bg) == []
             if repeat and state.settings != settings:  # the same clicks with other options: computed afresh
                 state, repeat = None, False
@@ -335,7 +339,7 @@ class LimNetInfer(BasicInferTask):
                 mask = state.mask  # the same clicks as a round kept, with the same options: its answer as it was
             else:
                 mask = segmenter.add_clicks(state, fg, bg, use_fusion=use_fusion, follow=settings[1],
-                                            stop_at_blur=stop)
+                                            stop_at_blur=stop, use_refiner=refine)
         self.store.put(key, state)
         settle_later(image, path)  # a float image is scaled whole once its first click is answered
         data["pred"] = MetaTensor(torch.from_numpy(mask.view(np.uint8)), affine=image.affine)
