@@ -121,6 +121,8 @@ def main() -> None:
     p.add_argument("--json", help="also write each run's per-case Dice here (runs split over processes by kind "
                                   "are compared together with --merge)")
     p.add_argument("--merge", help="comma-separated --json files: print their tables together and exit")
+    p.add_argument("--user", choices=("volume", "slice"), default="volume",
+                   help="the robot user (`run_robot`): the challenge's, or one who corrects the first click's slice")
     args = p.parse_args()
     if args.merge:
         dice: dict[str, dict[str, list[list[float]]]] = {}
@@ -150,7 +152,8 @@ def main() -> None:
             for name, (v, w) in zip(names, runs_of):
                 seg = LimNetSegmenter(nets[w], "cpu", **{"use_fusion": False, **VARIANTS[v]})
                 state = seg.new_state(case.image)
-                run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, args.rounds, case.spacing)
+                run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, args.rounds, case.spacing,
+                                user=args.user)
                 d = run.dice + [run.dice[-1]] * (args.rounds - len(run.dice))
                 dice[name][kind].append(d)
         print(f"# {i + 1 - args.first_case}/{args.cases} cases per kind, {time.time() - t0:.0f}s", flush=True)

@@ -606,6 +606,22 @@ def test_an_inner_structure_is_another_tissue_with_an_edge_inside_the_answer() -
     assert not LimNetSegmenter._inner_structure(faint, organ, lesion, 3.0), "no edge on its outline"
 
 
+def test_clicks_on_more_of_a_vessel_do_not_ask_for_the_organ_around_it() -> None:
+    """`_clicks_like_inner` (`larger_not_around`): a positive click like the first mask's tissue, which differs from
+    the rest of the larger answer (a vessel in the liver), asks for more of the vessel; a click on the organ's tissue,
+    or a first mask that is a patch of the organ itself, lets the larger answer be chosen (`_larger_reading`)."""
+    rng = np.random.default_rng(1)
+    x, y = np.ogrid[:100, :100]
+    organ = (x - 50) ** 2 + (y - 50) ** 2 < 40**2
+    vessel = organ & (np.abs(x - y) < 4)  # a bright diagonal band across the organ
+    image = 0.3 + 0.2 * organ + 0.1 * vessel + rng.normal(0, 0.005, (100, 100))
+    found = vessel & (x < 45)  # the first answer: part of the vessel
+    assert LimNetSegmenter._clicks_like_inner(image, found, organ, [(60, 60, 7)])  # further along the vessel
+    assert not LimNetSegmenter._clicks_like_inner(image, found, organ, [(30, 70, 7)])  # on the organ
+    patch = organ & ((x - 40) ** 2 + (y - 70) ** 2 < 8**2)  # a patch of the organ's own tissue
+    assert not LimNetSegmenter._clicks_like_inner(image, patch, organ, [(60, 30, 7)])
+
+
 def test_a_first_click_in_a_lesion_inside_an_organ_finds_the_lesion(net) -> None:
     """A generated validation case (nested, seed 777000 + 100 * 18 + 4): a 240-pixel lesion inside an organ. The
     whole-slice pass answers with the organ; the search's answer, the lesion, is another tissue with an edge, and
