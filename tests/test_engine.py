@@ -532,8 +532,9 @@ def test_positive_clicks_inside_the_object_do_not_lengthen_it(net) -> None:
 
 
 def test_negative_clicks_remove_elsewhere_only_under_what_they_removed_on_their_slice(net) -> None:
-    """`negative_footprint` (0 by default): after negative clicks alone, what the round removed on other slices comes back
-    outside the footprint of its removal on the clicked slice (widened by 2 pixels); inside it the removal stands."""
+    """`negative_footprint` 0 (off by default since 2026-12-06): after negative clicks alone, what the round removed on
+    other slices comes back outside the footprint of its removal on the clicked slice (widened by 2 pixels); inside it
+    the removal stands."""
     from lib.engine.state import InteractionState
 
     old = np.zeros((32, 32, 10), bool, order="F")
@@ -546,15 +547,14 @@ def test_negative_clicks_remove_elsewhere_only_under_what_they_removed_on_their_
     new[10:20, 10:20, 6:8] = False  # and the slices above a hole in the core
     everything = (slice(0, 32), slice(0, 32), slice(0, 10))
     out = new.copy()
-    footprint = LimNetSegmenter(net, "cpu", use_fusion=False)
+    footprint = LimNetSegmenter(net, "cpu", use_fusion=False, negative_footprint=0.0)
     footprint._one_way(state, out, everything, [(16, 16, 5)], [(5, 16, 5)])
     assert not out[4:8, 4:28, 3:6].any(), "the rim goes on the clicked slice and under it"
     assert out[10:20, 10:20, 6:8].all(), "the core's hole away from the removed rim is filled again"
     assert not out[5, 16, 5]
     out = new.copy()
-    LimNetSegmenter(net, "cpu", use_fusion=False, negative_footprint=None)._one_way(
-        state, out, everything, [(16, 16, 5)], [(5, 16, 5)])
-    assert np.array_equal(out, new)  # None: off
+    LimNetSegmenter(net, "cpu", use_fusion=False)._one_way(state, out, everything, [(16, 16, 5)], [(5, 16, 5)])
+    assert np.array_equal(out, new)  # the default, None: off
 
 
 def ct_body_with_organ(depth: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
