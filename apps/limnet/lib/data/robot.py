@@ -17,19 +17,25 @@ from scipy import ndimage as ndi
 Click = tuple[int, int, int]
 
 
+def _deepest_in_largest(err: np.ndarray, structure: np.ndarray | None = None, spacing=None) -> tuple[int, ...]:
+    """The voxel (or pixel) deepest inside the largest connected component of `err` (`structure`: its connectivity,
+    scipy's default where None; `spacing`: the distance's sampling)."""
+    lab, _ = ndi.label(err, structure=structure)
+    comp_id = int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
+    sl = ndi.find_objects((lab == comp_id).astype(np.uint8))[0]
+    comp = lab[sl] == comp_id
+    inner = tuple(slice(1, -1) for _ in comp.shape)
+    dist = ndi.distance_transform_edt(np.pad(comp, 1), sampling=spacing)[inner]
+    local = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return tuple(int(s.start + i) for s, i in zip(sl, local))
+
+
 def next_click(pred: np.ndarray, gt: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tuple[Click, bool] | None:
     """The next click, or None when the prediction is already perfect."""
     err = pred.astype(bool) != gt.astype(bool)
     if not err.any():
         return None
-    lab, n = ndi.label(err, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(lab.ravel())[1:]
-    comp_id = int(np.argmax(sizes)) + 1
-    sl = ndi.find_objects((lab == comp_id).astype(np.uint8))[0]
-    comp = lab[sl] == comp_id
-    dist = ndi.distance_transform_edt(np.pad(comp, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
-    local = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    idx = tuple(int(s.start + i) for s, i in zip(sl, local))
+    idx = _deepest_in_largest(err, np.ones((3, 3, 3), bool), spacing)
     return idx, bool(gt[idx])
 
 
@@ -40,11 +46,8 @@ def next_click_on_slice(pred: np.ndarray, gt: np.ndarray, k: int, good: float = 
     err = p != g
     if not err.any() or dice(p, g) >= good:
         return None
-    lab, _ = ndi.label(err)
-    comp = lab == int(np.argmax(np.bincount(lab.ravel())[1:])) + 1
-    depth = ndi.distance_transform_edt(np.pad(comp, 1))[1:-1, 1:-1]
-    x, y = np.unravel_index(int(np.argmax(depth)), depth.shape)
-    return (int(x), int(y), int(k)), bool(g[x, y])
+    x, y = _deepest_in_largest(err)
+    return (x, y, int(k)), bool(g[x, y])
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
