@@ -85,6 +85,7 @@ VARIANTS = {
     "guarded+window+rguard4+cov8": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                         window_coverage=0.8),
     "guarded+window+firstbox32": dict(box_search="guarded", local_window=True, first_box_min=32),
+    "guarded+window+firstbox20": dict(box_search="guarded", local_window=True, first_box_min=20),
     "guarded+window-keep": dict(box_search="guarded", local_window=True, keep_reading=None),
     "guarded+window+tol9": dict(box_search="guarded", local_window=True, distinct_tolerance=0.9),
     "guarded+window-kbox": dict(box_search="guarded", local_window=True, keep_in_box=False),
