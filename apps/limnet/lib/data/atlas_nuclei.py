@@ -71,8 +71,12 @@ def _block_mean(image: np.ndarray, label: np.ndarray, factor: int) -> tuple[np.n
 
 def training_cases(rng: np.random.Generator, folder: str | None = None, orientations: int = 2):
     """(normalised image, label) pairs: each structure at 1 mm in `orientations` different slice orientations, and
-    about half of those again on 2 mm isotropic voxels or on 2-5 mm slices."""
+    about half of those again on 2 mm voxels or on 2-5 mm slices. The 1 mm image of each orientation is normalised
+    once and shared by its cases, as the MNI152 targets share theirs."""
+    from lib.engine.geometry import normalize_intensity
+
     raw, aseg = load(folder)
+    views: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # axis -> (raw, normalised) with slices along the last axis
     cases = []
     for value in STRUCTURES:
         mask = aseg == value
@@ -80,17 +84,20 @@ def training_cases(rng: np.random.Generator, folder: str | None = None, orientat
             continue
         mask = _largest(mask).astype(np.uint8)
         for axis in rng.permutation(3)[:orientations]:  # slices along the last axis after moving `axis` there
-            cases += _variants(rng, raw, mask, int(axis))
+            axis = int(axis)
+            if axis not in views:
+                im = np.ascontiguousarray(np.moveaxis(raw, axis, 2))
+                views[axis] = im, normalize_intensity(im)
+            cases += _variants(rng, *views[axis], np.ascontiguousarray(np.moveaxis(mask, axis, 2)))
     return cases
 
 
-def _variants(rng: np.random.Generator, raw: np.ndarray, mask: np.ndarray, axis: int) -> list:
-    """The structure at 1 mm in one orientation and, half the time, on 2 mm voxels or 2-5 mm slices too."""
+def _variants(rng: np.random.Generator, im: np.ndarray, normalised: np.ndarray, lab: np.ndarray) -> list:
+    """The structure at 1 mm and, half the time, on 2 mm voxels or 2-5 mm slices too."""
     from lib.engine.geometry import normalize_intensity
     from lib.training.samplers import Case
 
-    im, lab = np.ascontiguousarray(np.moveaxis(raw, axis, 2)), np.ascontiguousarray(np.moveaxis(mask, axis, 2))
-    cases = [Case(normalize_intensity(im), lab)]
+    cases = [Case(normalised, lab)]
     u = rng.random()
     if u < 0.25:
         ci, cl = _block_mean(im, lab, 2)
