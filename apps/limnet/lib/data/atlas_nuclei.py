@@ -69,20 +69,16 @@ def _block_mean(image: np.ndarray, label: np.ndarray, factor: int) -> tuple[np.n
     return thick_slices(_in_plane_mean(image, factor), _in_plane_mean(label.astype(np.float32), factor), factor)
 
 
-def training_cases(rng: np.random.Generator, folder: str | None = None, orientations: int = 2,
-                   skip: tuple[str, ...] = ()):
+def training_cases(rng: np.random.Generator, folder: str | None = None, orientations: int = 2):
     """(normalised image, label) pairs: each structure at 1 mm in `orientations` different slice orientations, and
     about half of those again on 2 mm voxels or on 2-5 mm slices. The 1 mm image of each orientation is normalised
-    once and shared by its cases, as the MNI152 targets share theirs. Structures whose name starts with one of
-    `skip` are left out (e.g. those without a visible edge on this T1)."""
+    once and shared by its cases, as the MNI152 targets share theirs."""
     from lib.engine.geometry import normalize_intensity
 
     raw, aseg = load(folder)
     views: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # axis -> (raw, normalised) with slices along the last axis
     cases = []
-    for value, name in STRUCTURES.items():
-        if name.startswith(tuple(skip)):
-            continue
+    for value in STRUCTURES:
         mask = aseg == value
         if mask.sum() < MIN_VOXELS:
             continue
