@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from scipy.ndimage import gaussian_filter, label
 
+from .denoise import DenoisedVolume
+
 try:  # connected-components-3d: 3D labelling ~10x faster than scipy's (a round labels the whole object once)
     import cc3d
 except ImportError:  # pragma: no cover - it is in requirements.txt
@@ -279,7 +281,10 @@ def imaged_area(plane: np.ndarray, share: float = 0.1) -> int | None:
 def shows_structure(volume: np.ndarray, box: Box, k: int, contrast: float = 8.0) -> bool:
     """Whether slice k inside `box` holds more than noise: its intensity range (0.5-99.5 percentiles) exceeds
     `contrast` times the noise level (robust spread of neighbouring-pixel differences). A box inside a uniform
-    region shows no edge, so nothing there can tell the object's extent."""
+    region shows no edge, so nothing there can tell the object's extent. Read on the image as it came
+    (`DenoisedVolume.base`): the filter leaves the noise in blobs that hold no edge either."""
+    if isinstance(volume, DenoisedVolume):
+        volume = volume.base
     h, w, _ = volume.shape
     region = volume[max(box.x0, 0):min(box.x1, h), max(box.y0, 0):min(box.y1, w), k].astype(np.float32)
     if region.shape[0] < 2 or region.shape[1] < 2:

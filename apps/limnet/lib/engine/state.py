@@ -63,6 +63,7 @@ class InteractionState:
     """One interaction: the volume it runs on, the clicks so far, and the last fused round."""
 
     image: np.ndarray  # normalised H x W x D volume
+    reading_view: object | None = None  # the volume as the clicked slices' readings see it (noise filtered); None: `image`
     foreground: list[Click] = field(default_factory=list)
     background: list[Click] = field(default_factory=list)
     mask: np.ndarray | None = None  # last round's fused mask (bool, H x W x D, Fortran order as NRRD writes it)
@@ -75,6 +76,11 @@ class InteractionState:
     settings: tuple = ()  # the options the last round ran with (MRF on, follow, stop at blur, refiner), as `add_clicks` took them
     refine: bool = True  # this round's `use_refiner`: whether a later round's clicked slice is answered reading the last mask
     history: list[RoundRecord] = field(default_factory=list)  # the last rounds, oldest first (`rewind`)
+
+    @property
+    def readable(self):
+        """The volume the readings of the clicked slices look at: `reading_view`, or the image itself."""
+        return self.image if self.reading_view is None else self.reading_view
 
     def mask_voxels(self) -> int:
         return 0 if self.mask is None or self.region is None else int(np.count_nonzero(self.mask[self.region]))

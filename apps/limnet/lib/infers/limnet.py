@@ -24,6 +24,7 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from lib.engine.denoise import looks_like_ct
 from lib.engine.geometry import ScaledVolume, normalize_intensity
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
@@ -81,6 +82,7 @@ class CachedImage:
 
     normalized: np.ndarray | ScaledVolume  # H x W x D in [0, 1]; scaled where read (float images until settled)
     affine: torch.Tensor
+    hounsfield: bool = False  # read as a CT (`looks_like_ct`): the first click's noise filter leaves it as it is
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -115,7 +117,7 @@ def prepare_image(image: MetaTensor) -> CachedImage:
     if lo == hi:
         raise _bad_request("the image is constant: there is nothing to segment")
     return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite, lazy=True),
-                       image.affine)
+                       image.affine, looks_like_ct(volume))
 
 
 def prepare_volume(raw: MetaTensor) -> CachedImage:
@@ -334,7 +336,7 @@ class LimNetInfer(BasicInferTask):
             if repeat and state.settings != settings:  # the same clicks with other options: computed afresh
                 state, repeat = None, False
             if state is None:
-                state = segmenter.new_state(image.normalized, normalized=True)
+                state = segmenter.new_state(image.normalized, normalized=True, hounsfield=image.hounsfield)
             if repeat:
                 mask = state.mask  # the same clicks as a round kept, with the same options: its answer as it was
             else:
