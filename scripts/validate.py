@@ -92,6 +92,8 @@ VARIANTS = {
     "guarded+window-inner": dict(box_search="guarded", local_window=True, inner_pick=None),
     "guarded+window-old_first": dict(box_search="guarded", local_window=True, reduced_guard=0.4,
                                      keep_reading=None, first_box_min=32),
+    "guarded+window+footnone-denoise": dict(box_search="guarded", local_window=True, negative_footprint=None,
+                                            denoise=None),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-cut": dict(box_search="guarded", local_window=True, cut_beyond=None),

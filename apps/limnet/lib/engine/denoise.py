@@ -19,7 +19,8 @@ def noise_level(volume, planes: int = 8, window: int = 7, share: float = 0.1) ->
     """The white noise of a volume (its standard deviation, in the volume's intensity units) and the 1-99
     percentile intensity range it is measured against, both read on the same slices.
 
-    Read on `planes` slices of the middle 60% of the volume: the residual of each pixel against its four neighbours
+    Read on `planes` slices of the middle 60% of the slices that image the body or head (air added around it does
+    not move the reading): the residual of each pixel against its four neighbours
     (1.25 times the noise's variance where the image is flat), its local spread in `window` x `window` pixels, and
     the 10th percentile of that spread inside the body or head (`share` of the range above the 1st percentile): the
     flattest tissue shows only the noise, edges and texture raise the rest. As a fraction of the range, a clean
@@ -27,7 +28,11 @@ def noise_level(volume, planes: int = 8, window: int = 7, share: float = 0.1) ->
     0.010. Slices over 256 pixels are read every other pixel or more.
     `volume`: anything indexable as volume[x0:x1:s, y0:y1:s, k] (an array or a `ScaledVolume`)."""
     h, w, d = volume.shape
-    ks = np.unique(np.linspace(d * 0.2, max(d * 0.8 - 1, 0), planes).astype(int))
+    coarse = np.asarray(volume[:: max(1, h // 32), :: max(1, w // 32), :], np.float32)
+    lo, hi = np.percentile(coarse, [1, 99])
+    held = np.flatnonzero((coarse > lo + share * (hi - lo)).mean((0, 1)) > 0.05)  # slices that image the body
+    first, last = (int(held[0]), int(held[-1])) if held.size else (0, d - 1)
+    ks = np.unique(np.linspace(first + 0.2 * (last - first), first + 0.8 * (last - first), planes).round().astype(int))
     step = max(1, max(h, w) // 256)
     stack = np.stack([np.asarray(volume[::step, ::step, int(k)], np.float32) for k in ks], -1)
     lo, hi = np.percentile(stack, [1, 99])
