@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .denoise import DenoisedVolume
 from .geometry import Box, Region
 
 Click = tuple[int, int, int]
@@ -63,7 +64,7 @@ class InteractionState:
     """One interaction: the volume it runs on, the clicks so far, and the last fused round."""
 
     image: np.ndarray  # normalised H x W x D volume
-    reading_view: object | None = None  # the volume as the clicked slices' readings see it (noise filtered); None: `image`
+    reading_view: DenoisedVolume | None = None  # the volume the clicked slices' readings see (noise filtered); None: `image`
     foreground: list[Click] = field(default_factory=list)
     background: list[Click] = field(default_factory=list)
     mask: np.ndarray | None = None  # last round's fused mask (bool, H x W x D, Fortran order as NRRD writes it)
@@ -78,7 +79,7 @@ class InteractionState:
     history: list[RoundRecord] = field(default_factory=list)  # the last rounds, oldest first (`rewind`)
 
     @property
-    def readable(self):
+    def readable(self) -> np.ndarray | DenoisedVolume:
         """The volume the readings of the clicked slices look at: `reading_view`, or the image itself."""
         return self.image if self.reading_view is None else self.reading_view
 
