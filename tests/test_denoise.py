@@ -80,8 +80,8 @@ def test_the_structure_check_reads_the_image_as_it_came():
 
 def test_a_noisy_mr_is_read_through_the_filter_and_a_clean_one_or_a_ct_as_it_is(net):
     """Only the first click's readings see the filtered volume (`InteractionState.readable`); the modules' other
-    reads see the image as it came. A CT (Hounsfield units) is left as it is: the modules learnt CT with its
-    noise."""
+    reads see the image as it came. A CT (Hounsfield units) is left as it is unless its noise exceeds what the
+    modules learnt CT with (`denoise_ct_above`)."""
     seg = LimNetSegmenter(net, "cpu", use_fusion=False)
     noisy = head_like(0.03)
     state = seg.new_state(noisy)
@@ -91,11 +91,16 @@ def test_a_noisy_mr_is_read_through_the_filter_and_a_clean_one_or_a_ct_as_it_is(
     clean = seg.new_state(head_like(0.0))
     assert clean.reading_view is None and clean.readable is clean.image
     assert LimNetSegmenter(net, "cpu", use_fusion=False, denoise=None).new_state(noisy).reading_view is None
-    ct = noisy * 1250 - 1000  # air at -1000 HU, the head at 0
-    assert looks_like_ct(ct) and not looks_like_ct(noisy)
+    ct = head_like(0.008) * 1250 - 1000  # air at -1000 HU, the head at 0; noise 1% of the range, as a CT's
+    assert looks_like_ct(ct) and not looks_like_ct(noisy) and not looks_like_ct(head_like(0.008))
     assert seg.new_state(ct).reading_view is None
-    assert isinstance(LimNetSegmenter(net, "cpu", use_fusion=False, denoise_ct=True).new_state(ct).reading_view,
+    assert isinstance(LimNetSegmenter(net, "cpu", use_fusion=False, denoise_ct_above=0.0).new_state(ct).reading_view,
                       DenoisedVolume)
-    assert seg.new_state(state.image, normalized=True, hounsfield=True).reading_view is None
+    very_noisy_ct = head_like(0.05) * 1250 - 1000  # noise beyond the training CTs' (5% of the range)
+    assert isinstance(seg.new_state(very_noisy_ct).reading_view, DenoisedVolume)
+    assert LimNetSegmenter(net, "cpu", use_fusion=False, denoise_ct_above=None).new_state(very_noisy_ct).reading_view \
+        is None
+    assert seg.new_state(head_like(0.008), normalized=True, hounsfield=True).reading_view is None
+    assert seg.new_state(head_like(0.008), normalized=True, hounsfield=False).reading_view is not None
     mask = seg.add_clicks(state, [(70, 100, 12)], [])  # the dark blob
     assert mask[70, 100, 12] and mask.sum() < 0.5 * (noisy > 0.4).sum()
