@@ -104,3 +104,20 @@ def test_a_noisy_mr_is_read_through_the_filter_and_a_clean_one_or_a_ct_as_it_is(
     assert seg.new_state(head_like(0.008), normalized=True, hounsfield=False).reading_view is not None
     mask = seg.add_clicks(state, [(70, 100, 12)], [])  # the dark blob
     assert mask[70, 100, 12] and mask.sum() < 0.5 * (noisy > 0.4).sum()
+
+
+def test_a_noise_measured_once_is_reused_and_the_server_tells_a_ct_when_it_reads_an_image(net):
+    """The server measures an image's noise once (`CachedImage.noise`) and hands it to every interaction on it; it
+    tells a CT by its Hounsfield units when it reads the image (`CachedImage.hounsfield`)."""
+    import torch
+    from monai.data import MetaTensor
+
+    from lib.infers.limnet import prepare_image
+
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    noisy = head_like(0.03)
+    assert seg.new_state(noisy, noise=(0.0, 1.0)).reading_view is None  # taken as measured: no noise
+    assert seg.new_state(noisy, noise=(0.05, 1.0)).reading_view.range_sigma == pytest.approx(0.1)
+    mr = prepare_image(MetaTensor(torch.from_numpy(noisy), affine=torch.eye(4)))
+    ct = prepare_image(MetaTensor(torch.from_numpy(head_like(0.008) * 1250 - 1000), affine=torch.eye(4)))
+    assert not mr.hounsfield and ct.hounsfield and mr.noise is None

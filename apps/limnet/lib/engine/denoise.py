@@ -149,13 +149,14 @@ def looks_like_ct(volume: np.ndarray, air: float = -900.0) -> bool:
     return bool(sample.size) and float(np.percentile(sample, 1)) <= air
 
 
-def denoised(volume, strength: float | None, above: float = 0.0, spatial_sigma: float = 1.0):
-    """`volume` read through a bilateral filter whose range is `strength` times its measured noise (`noise_level`),
-    where that noise exceeds `above` of its intensity range; the volume itself otherwise or when `strength` is
-    None."""
+def denoised(volume, strength: float | None, above: float = 0.0, spatial_sigma: float = 1.0,
+             noise: tuple[float, float] | None = None):
+    """`volume` read through a bilateral filter whose range is `strength` times its measured noise (`noise_level`,
+    or `noise` where the caller measured it already), where that noise exceeds `above` of its intensity range; the
+    volume itself otherwise or when `strength` is None."""
     if strength is None:
         return volume
-    sigma, extent = noise_level(volume)
+    sigma, extent = noise_level(volume) if noise is None else noise
     if sigma <= 0.0 or sigma <= above * extent:
         return volume
     return DenoisedVolume(volume, strength * sigma, spatial_sigma)

@@ -307,12 +307,13 @@ class LimNetSegmenter:
         self._sweeper = (ThreadPoolExecutor(1, thread_name_prefix="limnet-sweep")
                          if self.propagation.parallel and self.device.type == "cpu" else None)
 
-    def new_state(self, volume: np.ndarray, normalized: bool = False,
-                  hounsfield: bool | None = None) -> InteractionState:
+    def new_state(self, volume: np.ndarray, normalized: bool = False, hounsfield: bool | None = None,
+                  noise: tuple[float, float] | None = None) -> InteractionState:
         """A fresh interaction on `volume`; an already normalised one (the server's image cache) is shared, not
         copied. The clicked slices' readings see it through the noise filter where it is noisy (`denoise`).
         `hounsfield`: whether the volume as read was a CT (`looks_like_ct`; read from `volume` when it is not
-        normalised, else taken as False)."""
+        normalised, else taken as False). `noise`: the normalised volume's `noise_level` if already measured (the
+        server measures it once per image)."""
         if volume.ndim != 3:
             raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
         if hounsfield is None:
@@ -321,7 +322,7 @@ class LimNetSegmenter:
         strength, above = self.denoise, self.denoise_above
         if hounsfield:
             strength, above = (None, 0.0) if self.denoise_ct_above is None else (strength, self.denoise_ct_above)
-        view = denoised(image, strength, above)
+        view = denoised(image, strength, above, noise=noise)
         return InteractionState(image=image, reading_view=None if view is image else view)
 
     def _autocast(self):

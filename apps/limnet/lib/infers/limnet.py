@@ -24,7 +24,7 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.engine.denoise import looks_like_ct
+from lib.engine.denoise import looks_like_ct, noise_level
 from lib.engine.geometry import ScaledVolume, normalize_intensity
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
@@ -82,7 +82,8 @@ class CachedImage:
 
     normalized: np.ndarray | ScaledVolume  # H x W x D in [0, 1]; scaled where read (float images until settled)
     affine: torch.Tensor
-    hounsfield: bool = False  # read as a CT (`looks_like_ct`): the first click's noise filter leaves it as it is
+    hounsfield: bool = False  # read as a CT (`looks_like_ct`): the noise filter's threshold is a CT's
+    noise: tuple[float, float] | None = None  # `noise_level` of `normalized`, measured at its first interaction
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -336,7 +337,10 @@ class LimNetInfer(BasicInferTask):
             if repeat and state.settings != settings:  # the same clicks with other options: computed afresh
                 state, repeat = None, False
             if state is None:
-                state = segmenter.new_state(image.normalized, normalized=True, hounsfield=image.hounsfield)
+                if image.noise is None and segmenter.denoise is not None:
+                    image.noise = noise_level(image.normalized)  # once per image, not per interaction
+                state = segmenter.new_state(image.normalized, normalized=True, hounsfield=image.hounsfield,
+                                            noise=image.noise)
             if repeat:
                 mask = state.mask  # the same clicks as a round kept, with the same options: its answer as it was
             else:
