@@ -53,12 +53,17 @@ def noise_level(volume, planes: int = 8, window: int = 7, share: float = 0.1) ->
     return float(np.percentile(np.concatenate(spreads), 10) / np.sqrt(1.25)), float(hi - lo)
 
 
+def _reach(spatial_sigma: float) -> int:
+    """How many pixels the filter reads on each side of a pixel: two spatial sigmas."""
+    return int(np.ceil(2 * spatial_sigma))
+
+
 def bilateral_valid(block: np.ndarray, range_sigma: float, spatial_sigma: float = 1.0) -> np.ndarray:
     """An in-plane bilateral filter of an H x W x N float32 block, answering its inner (H - 2r) x (W - 2r) x N part
     (r = ceil(2 `spatial_sigma`)): neighbours are averaged with a weight that falls with their distance and with
     their intensity difference (`range_sigma`), so noise is averaged and an edge stronger than a few noise levels is
     kept. Slices are filtered apart (a thick-slice CT's neighbours show other anatomy)."""
-    r = int(np.ceil(2 * spatial_sigma))
+    r = _reach(spatial_sigma)
     h, w = block.shape[0] - 2 * r, block.shape[1] - 2 * r
     centre = block[r:r + h, r:r + w]
     num = np.zeros(centre.shape, np.float32)
@@ -103,7 +108,6 @@ class DenoisedVolume:
     def __init__(self, base, range_sigma: float, spatial_sigma: float = 1.0) -> None:
         self.base, self.range_sigma, self.spatial_sigma = base, float(range_sigma), float(spatial_sigma)
         self.shape, self.ndim, self.dtype = tuple(base.shape), 3, np.dtype(base.dtype)
-        self._reach = int(np.ceil(2 * spatial_sigma))
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -115,7 +119,7 @@ class DenoisedVolume:
         if len(key) != 3:
             raise IndexError(f"too many indices for a 3D volume: {len(key)}")
         (x0, x1, xs, xdrop), (y0, y1, ys, ydrop) = _span(key[0], self.shape[0]), _span(key[1], self.shape[1])
-        r, (h, w) = self._reach, self.shape[:2]
+        r, (h, w) = _reach(self.spatial_sigma), self.shape[:2]
         if x1 <= x0 or y1 <= y0:
             return np.asarray(self.base[key])
         a0, a1, b0, b1 = max(x0 - r, 0), min(x1 + r, h), max(y0 - r, 0), min(y1 + r, w)
@@ -125,13 +129,7 @@ class DenoisedVolume:
             block = block[:, :, None]
         block = np.pad(block, ((r - (x0 - a0), r - (a1 - x1)), (r - (y0 - b0), r - (b1 - y1)), (0, 0)), mode="edge")
         out = bilateral_valid(block, self.range_sigma, self.spatial_sigma)[::xs, ::ys].astype(self.dtype, copy=False)
-        if single:
-            out = out[:, :, 0]
-        if xdrop:
-            out = out[0]
-        if ydrop:
-            out = out[:, 0] if not xdrop else out[0]
-        return out
+        return out[(0 if xdrop else slice(None), 0 if ydrop else slice(None)) + ((0,) if single else ())]
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = np.empty(self.shape, self.dtype)
