@@ -37,6 +37,17 @@ def test_a_noise_free_image_measures_almost_no_noise_and_is_read_as_it_is():
     assert denoised(noisy, None) is noisy
 
 
+def test_a_floor_filters_only_the_noise_beyond_it():
+    """`floor`: an image as noisy as the floor is read as it is; a noisier one through a filter whose range
+    follows the excess, sqrt(noise^2 - floor^2), not the whole noise."""
+    noisy = head_like(0.03)
+    sigma, extent = noise_level(noisy)
+    assert denoised(noisy, 2.0, floor=1.1 * sigma / extent) is noisy
+    view = denoised(noisy, 2.0, floor=0.6 * sigma / extent)
+    assert isinstance(view, DenoisedVolume)
+    assert view.range_sigma == pytest.approx(2.0 * 0.8 * sigma, rel=1e-5)  # sqrt(1 - 0.6^2) = 0.8
+
+
 def test_the_filter_takes_out_noise_and_keeps_an_edge():
     noisy, clean = head_like(0.03), head_like(0.0)
     filtered = np.asarray(DenoisedVolume(noisy, 2 * 0.03))
@@ -80,8 +91,8 @@ def test_the_structure_check_reads_the_image_as_it_came():
 
 def test_a_noisy_mr_is_read_through_the_filter_and_a_clean_one_or_a_ct_as_it_is(net):
     """Only the first click's readings see the filtered volume (`InteractionState.readable`); the modules' other
-    reads see the image as it came. A CT (Hounsfield units) is left as it is unless its noise exceeds what the
-    modules learnt CT with (`denoise_ct_above`)."""
+    reads see the image as it came. A CT (Hounsfield units) is left as it is unless its noise exceeds the floor of
+    what the modules learnt CT with (`denoise_ct_floor`), and then only that excess is filtered."""
     seg = LimNetSegmenter(net, "cpu", use_fusion=False)
     noisy = head_like(0.03)
     state = seg.new_state(noisy)
@@ -94,11 +105,13 @@ def test_a_noisy_mr_is_read_through_the_filter_and_a_clean_one_or_a_ct_as_it_is(
     ct = head_like(0.008) * 1250 - 1000  # air at -1000 HU, the head at 0; noise 1% of the range, as a CT's
     assert looks_like_ct(ct) and not looks_like_ct(noisy) and not looks_like_ct(head_like(0.008))
     assert seg.new_state(ct).reading_view is None
-    assert isinstance(LimNetSegmenter(net, "cpu", use_fusion=False, denoise_ct_above=0.0).new_state(ct).reading_view,
+    assert isinstance(LimNetSegmenter(net, "cpu", use_fusion=False, denoise_ct_floor=0.0).new_state(ct).reading_view,
                       DenoisedVolume)
     very_noisy_ct = head_like(0.05) * 1250 - 1000  # noise beyond the training CTs' (5% of the range)
-    assert isinstance(seg.new_state(very_noisy_ct).reading_view, DenoisedVolume)
-    assert LimNetSegmenter(net, "cpu", use_fusion=False, denoise_ct_above=None).new_state(very_noisy_ct).reading_view \
+    view = seg.new_state(very_noisy_ct).reading_view
+    sigma, extent = noise_level(view.base)
+    assert view.range_sigma == pytest.approx(2 * np.sqrt(sigma**2 - (seg.denoise_ct_floor * extent) ** 2), rel=1e-5)
+    assert LimNetSegmenter(net, "cpu", use_fusion=False, denoise_ct_floor=None).new_state(very_noisy_ct).reading_view \
         is None
     assert seg.new_state(head_like(0.008), normalized=True, hounsfield=True).reading_view is None
     assert seg.new_state(head_like(0.008), normalized=True, hounsfield=False).reading_view is not None

@@ -148,13 +148,17 @@ def looks_like_ct(volume: np.ndarray, air: float = -900.0) -> bool:
 
 
 def denoised(volume, strength: float | None, above: float = 0.0, spatial_sigma: float = 1.0,
-             noise: tuple[float, float] | None = None):
+             noise: tuple[float, float] | None = None, floor: float = 0.0):
     """`volume` read through a bilateral filter whose range is `strength` times its measured noise (`noise_level`,
     or `noise` where the caller measured it already), where that noise exceeds `above` of its intensity range; the
-    volume itself otherwise or when `strength` is None."""
+    volume itself otherwise or when `strength` is None. `floor` (a fraction of the range): only the noise beyond
+    it is taken out (the range follows sqrt(noise^2 - floor^2)), for images whose readers learnt that much noise."""
     if strength is None:
         return volume
     sigma, extent = noise_level(volume) if noise is None else noise
     if sigma <= 0.0 or sigma <= above * extent:
         return volume
-    return DenoisedVolume(volume, strength * sigma, spatial_sigma)
+    excess = float(np.sqrt(max(sigma * sigma - (floor * extent) ** 2, 0.0)))
+    if excess <= 0.0:
+        return volume
+    return DenoisedVolume(volume, strength * excess, spatial_sigma)

@@ -83,6 +83,7 @@ class LimNetSegmenter:
                  fragments: float = 1.0, positive_union: bool = True, negative_subset: bool = True,
                  slice_one_way: bool = True, extend_slices: int | None = 2, change_margin: float = 0.0,
                  negative_footprint: float | None = None, first_guard: float = 0.75, imaged_guard: float | None = 0.45,
+                 imaged_guard_ct: float | None = 0.3,
                  reduced_guard: float | None = 0.0, window_coverage: float | None = None,
                  added_like: bool = False, follow: int = 0, bridge_gaps: bool = True,
                  precision: str = "auto", negative_reach: float | None = 3.0, reread: float | None = 4.0,
@@ -93,7 +94,7 @@ class LimNetSegmenter:
                  inner_pick: float | None = 3.0, cut_beyond: float | None = 0.05, use_refiner: bool = True,
                  refine_negatives: bool = False, refine_only_new: bool = True,
                  larger_not_around: bool = True, denoise: float | None = 2.0, denoise_above: float = 0.0,
-                 denoise_ct_above: float | None = 0.02) -> None:
+                 denoise_ct_floor: float | None = 0.009) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_reading`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -266,18 +267,22 @@ class LimNetSegmenter:
         round's `_smaller_reading`, `_larger_reading`, `_added`) read the volume through an in-plane bilateral
         filter whose intensity range is `denoise` times the noise measured in the image (`lib.engine.denoise`), where
         that noise exceeds `denoise_above` of the image's intensity range (None: never); on a CT (Hounsfield
-        units, `looks_like_ct`) only where it exceeds `denoise_ct_above` (None: never). With 1% noise added, first
-        clicks on the brain MR sets lost 0.06-0.23 Dice; the filter gives it back (the modules learnt brain MR on
-        noise-free templates). They learnt CT on real CTs, whose noise measures 0.009-0.018 of the range: at such
-        noise the filter moved the real CT -0.025 and the CT-like test stacks' first clicks 44 -> 39 organs of 54;
-        with 3% noise added (0.03) the real CT fell from 0.695 to 0.231 after 6 clicks, 0.618 with the filter. The
-        modules' other reads (propagation, later rounds' boxes) see the image as it came: filtering them too gained
-        no more and made a click 2-3x slower (docs/design_log.md, 2026-12-06, early afternoon)."""
-        self.denoise, self.denoise_above, self.denoise_ct_above = denoise, denoise_above, denoise_ct_above
+        units, `looks_like_ct`) only the noise beyond `denoise_ct_floor` of the range (the filter's range follows
+        sqrt(noise^2 - floor^2); None: a CT is never filtered). With 1% noise added, first clicks on the brain MR sets
+        lost 0.06-0.23 Dice; the filter gives it back (the modules learnt brain MR on noise-free templates). They
+        learnt CT on real CTs, whose noise measures 0.011-0.014 of the range: filtering a clean CT whole (the
+        validation CT, 0.0075) cost it 0.025 and the CT-like test stacks' first clicks 44 -> 39 organs of 54; with the
+        floor at 0.009 (the validation CT with 1% noise added measures 0.012) the real CT's loss to that noise after 6
+        clicks fell from 0.054-0.058 to 0.016-0.021, a clean one is left as it is, and with 3% noise (0.03) it holds
+        0.618 instead of 0.231 (design log, 2026-12-06 afternoon and 2026-12-06, late afternoon). The modules'
+        other reads (propagation, later rounds' boxes) see the image as it came: filtering them too gained no more and
+        made a click 2-3x slower."""
+        self.denoise, self.denoise_above, self.denoise_ct_floor = denoise, denoise_above, denoise_ct_floor
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.change_margin, self.negative_footprint = change_margin, negative_footprint
         self.first_guard, self.reduced_guard, self.imaged_guard = first_guard, reduced_guard, imaged_guard
+        self.imaged_guard_ct = imaged_guard_ct
         self.window_coverage, self.added_like = window_coverage, added_like
         self.negative_reach = negative_reach
         self.reread, self.larger_reading = reread, larger_reading
@@ -319,11 +324,12 @@ class LimNetSegmenter:
         if hounsfield is None:
             hounsfield = not normalized and looks_like_ct(volume)
         image = volume if normalized else normalize_intensity(volume)
-        strength, above = self.denoise, self.denoise_above
+        strength, above, floor = self.denoise, self.denoise_above, 0.0
         if hounsfield:
-            strength, above = (None, 0.0) if self.denoise_ct_above is None else (strength, self.denoise_ct_above)
-        view = denoised(image, strength, above, noise=noise)
-        return InteractionState(image=image, reading_view=None if view is image else view)
+            strength, above, floor = ((None, 0.0, 0.0) if self.denoise_ct_floor is None
+                                      else (strength, 0.0, self.denoise_ct_floor))
+        view = denoised(image, strength, above, noise=noise, floor=floor)
+        return InteractionState(image=image, reading_view=None if view is image else view, hounsfield=hounsfield)
 
     def _autocast(self):
         """The interaction module's precision: the propagation's half type on a GPU; float32 on the CPU, where its
@@ -608,7 +614,7 @@ class LimNetSegmenter:
         neg = [(int(x), int(y)) for x, y, j in background if int(j) == k]
         h, w = state.image.shape[:2]
         new = background[len(state.background):]
-        if self._read_distinctly(state.readable, k, pos):
+        if self._read_distinctly(state.readable, k, pos, state.hounsfield):
             candidates = self._credible_boxes(self._readings(state.readable, k, pos, neg), (h, w))
         else:
             found, trusted = self._object_reading(state.readable, k, pos, neg, with_trust=True)
@@ -640,7 +646,7 @@ class LimNetSegmenter:
         if any(last[int(x), int(y)] or old.contains(int(x), int(y)) for x, y, _ in new):
             return None
         first = [(int(x), int(y)) for x, y, _ in state.foreground]
-        if self._read_distinctly(state.readable, k, first):
+        if self._read_distinctly(state.readable, k, first, state.hounsfield):
             candidates = self._credible_boxes(self._readings(state.readable, k, first, []), last.shape)
         else:
             full = self._full_slice_component(state.readable, k, first, [])
@@ -718,7 +724,7 @@ class LimNetSegmenter:
         found: dict[int, Reading] = {}
         for k, (pos, neg) in by_slice.items():
             if pos:
-                reading = self._first_reading(state.readable, k, pos, neg, self.first_guard)
+                reading = self._first_reading(state.readable, k, pos, neg, self.first_guard, state.hounsfield)
                 if reading is not None:
                     xs, ys = xs + list(reading.extent[:2]), ys + list(reading.extent[2:])
                     found[k] = reading
@@ -726,7 +732,7 @@ class LimNetSegmenter:
         return Box.around(min(xs), max(xs), min(ys), max(ys), scale, min_size).clamp_to((h, w)), found
 
     def _first_reading(self, image: np.ndarray, k: int, pos: list, neg: list,
-                       implausible: float = 0.75) -> Reading | None:
+                       implausible: float = 0.75, hounsfield: bool = False) -> Reading | None:
         """The reading of the object a first click on slice k points at (see `box_search`).
 
         Guarded: a whole slice seen at the working size is a 4x reduction of a CT slice, where a small lesion is a
@@ -739,7 +745,7 @@ class LimNetSegmenter:
         if self.box_search == "full":
             return full
         h, w = image.shape[:2]
-        guarded, reduced = self._guards(full, image[:, :, k], implausible)
+        guarded, reduced = self._guards(full, image[:, :, k], implausible, hounsfield)
         if (guarded or reduced) and self._picks_distinct(h, w):
             return self._distinct_reading(image, k, pos, neg, full) or full
         if guarded:
@@ -775,7 +781,8 @@ class LimNetSegmenter:
             return False
         return distinctness(image, inner) >= contrast
 
-    def _guards(self, full: Reading | None, plane: np.ndarray, implausible: float) -> tuple[bool, bool]:
+    def _guards(self, full: Reading | None, plane: np.ndarray, implausible: float,
+                hounsfield: bool = False) -> tuple[bool, bool]:
         """Whether a first click's full-slice answer `full` on slice `plane` is checked by the search: (it is None,
         spans more than `implausible` of the slice, or covers more than `imaged_guard` of the area of the body or head
         the slice images (`imaged_area`); it spans more than `reduced_guard` of a CT-sized slice). Against the slice
@@ -789,20 +796,21 @@ class LimNetSegmenter:
             return True, False
         shape, span = plane.shape, extent_span(full.extent)
         guarded = span > implausible * max(shape)
-        if not guarded and self.imaged_guard is not None:
+        share = self.imaged_guard_ct if hounsfield else self.imaged_guard
+        if not guarded and share is not None:
             imaged = imaged_area(plane)
-            guarded = imaged is not None and np.count_nonzero(full.mask) > self.imaged_guard * imaged
+            guarded = imaged is not None and np.count_nonzero(full.mask) > share * imaged
         reduced = (not guarded and self.reduced_guard is not None and max(shape) >= self.ct_sized * self.size
                    and span > self.reduced_guard * max(shape))
         return guarded, reduced
 
-    def _read_distinctly(self, image: np.ndarray, k: int, pos: list) -> bool:
+    def _read_distinctly(self, image: np.ndarray, k: int, pos: list, hounsfield: bool = False) -> bool:
         """Whether the first round's answer to the positive clicks `pos` on slice k was their most distinct reading
         (`first_pick`): then a second round chooses among those readings too (`_smaller_reading`, `_larger_reading`)."""
         if self.box_search != "guarded" or not self._picks_distinct(*image.shape[:2]):
             return False
         full = self._full_slice_component(image, k, pos, [])
-        return any(self._guards(full, image[:, :, k], self.first_guard))
+        return any(self._guards(full, image[:, :, k], self.first_guard, hounsfield))
 
     @staticmethod
     def _holds_other_tissue(image: np.ndarray, comp: np.ndarray, extent: tuple[int, int, int, int]) -> bool:

@@ -65,6 +65,7 @@ class InteractionState:
 
     image: np.ndarray  # normalised H x W x D volume
     reading_view: DenoisedVolume | None = None  # the volume the clicked slices' readings see (noise filtered); None: `image`
+    hounsfield: bool = False  # the volume was read as a CT (`looks_like_ct`): the first click's guards are a CT's
     foreground: list[Click] = field(default_factory=list)
     background: list[Click] = field(default_factory=list)
     mask: np.ndarray | None = None  # last round's fused mask (bool, H x W x D, Fortran order as NRRD writes it)
