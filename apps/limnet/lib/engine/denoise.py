@@ -9,6 +9,9 @@ back and leaves a clean template nearly as it is (docs/design_log.md, 2026-12-06
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -83,31 +86,52 @@ def bilateral_valid(block: np.ndarray, range_sigma: float, spatial_sigma: float 
     return num / den
 
 
-def _span(key, n: int) -> tuple[int, int, int, bool]:
-    """An in-plane index (an int or a slice) as (start, stop, step, whether the axis is dropped)."""
+def _check_inplane(key, n: int) -> None:
+    """Refuses an in-plane index other than an int in range or a forward slice (the reads the engine makes)."""
     if isinstance(key, (int, np.integer)):
-        i = int(key) + (n if key < 0 else 0)
-        if not 0 <= i < n:
+        if not -n <= int(key) < n:
             raise IndexError(f"index {int(key)} is out of bounds for an axis of size {n}")
-        return i, i + 1, 1, True
-    if isinstance(key, slice):
-        start, stop, step = key.indices(n)
-        if step < 1:
-            raise IndexError("a DenoisedVolume reads in-plane slices forwards only")
-        return start, max(stop, start), step, False
-    raise IndexError(f"a DenoisedVolume reads in-plane ints or slices, not {type(key).__name__}")
+    elif not isinstance(key, slice):
+        raise IndexError(f"a DenoisedVolume reads in-plane ints or slices, not {type(key).__name__}")
+    elif key.indices(n)[2] < 1:
+        raise IndexError("a DenoisedVolume reads in-plane slices forwards only")
 
 
 class DenoisedVolume:
     """A 3D volume read through an in-plane bilateral filter (`bilateral_valid`), filtered where it is read: the
-    engine reads crops around the object, so a click pays for the pixels it looks at, not for the volume. Reads
-    give what filtering whole slices would (the plane's border is extended by its edge pixels). Supports what the
-    engine does with a volume: `shape`, `ndim`, `dtype`, indexing with in-plane ints or slices and any index along
-    the slices; `np.asarray` gives it whole."""
+    engine reads crops around the object, so a click pays for the slices it looks at, not for the volume. Each slice
+    read is filtered whole once (the plane's border extended by its edge pixels) and kept for the next reads, up to
+    `planes` slices: a first click on a CT-sized slice reads the clicked slice and its neighbours some 30 times, in
+    boxes from 24 pixels to the whole slice (filtering each read apart cost 0.18 s a click at 512 x 512). Supports
+    what the engine does with a volume: `shape`, `ndim`, `dtype`, indexing with in-plane ints or slices and any
+    index along the slices; `np.asarray` gives it whole."""
 
-    def __init__(self, base, range_sigma: float, spatial_sigma: float = 1.0) -> None:
+    def __init__(self, base, range_sigma: float, spatial_sigma: float = 1.0, planes: int = 16) -> None:
         self.base, self.range_sigma, self.spatial_sigma = base, float(range_sigma), float(spatial_sigma)
         self.shape, self.ndim, self.dtype = tuple(base.shape), 3, np.dtype(base.dtype)
+        self._planes: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._capacity = planes
+        self._lock = threading.Lock()
+
+    def _filtered(self, ks) -> np.ndarray:
+        """Slices `ks` (an index along the slices that keeps the axis) filtered whole."""
+        r = _reach(self.spatial_sigma)
+        block = np.pad(np.asarray(self.base[:, :, ks], dtype=np.float32), ((r, r), (r, r), (0, 0)), mode="edge")
+        return bilateral_valid(block, self.range_sigma, self.spatial_sigma).astype(self.dtype, copy=False)
+
+    def plane(self, k: int) -> np.ndarray:
+        """Slice k filtered whole, kept for the next reads (the last `planes` slices read)."""
+        with self._lock:
+            got = self._planes.get(k)
+            if got is not None:
+                self._planes.move_to_end(k)
+                return got
+        got = self._filtered(slice(k, k + 1))[:, :, 0]
+        with self._lock:
+            self._planes[k] = got
+            while len(self._planes) > self._capacity:
+                self._planes.popitem(last=False)
+        return got
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, tuple):
@@ -118,24 +142,20 @@ class DenoisedVolume:
         key = key + (slice(None),) * (3 - len(key))
         if len(key) != 3:
             raise IndexError(f"too many indices for a 3D volume: {len(key)}")
-        (x0, x1, xs, xdrop), (y0, y1, ys, ydrop) = _span(key[0], self.shape[0]), _span(key[1], self.shape[1])
-        r, (h, w) = _reach(self.spatial_sigma), self.shape[:2]
-        if x1 <= x0 or y1 <= y0:
-            return np.asarray(self.base[key])
-        a0, a1, b0, b1 = max(x0 - r, 0), min(x1 + r, h), max(y0 - r, 0), min(y1 + r, w)
-        block = np.asarray(self.base[a0:a1, b0:b1, key[2]], dtype=np.float32)
-        single = block.ndim == 2
-        if single:
-            block = block[:, :, None]
-        block = np.pad(block, ((r - (x0 - a0), r - (a1 - x1)), (r - (y0 - b0), r - (b1 - y1)), (0, 0)), mode="edge")
-        out = bilateral_valid(block, self.range_sigma, self.spatial_sigma)[::xs, ::ys].astype(self.dtype, copy=False)
-        return out[(0 if xdrop else slice(None), 0 if ydrop else slice(None)) + ((0,) if single else ())]
+        _check_inplane(key[0], self.shape[0])
+        _check_inplane(key[1], self.shape[1])
+        ks, inplane = np.arange(self.shape[2])[key[2]], key[:2]
+        if np.ndim(ks) == 0:
+            return self.plane(int(ks))[inplane]
+        if ks.size == 0:
+            return np.asarray(self.base[key]).astype(self.dtype, copy=False)
+        return np.stack([self.plane(int(k))[inplane] for k in ks], axis=-1)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = np.empty(self.shape, self.dtype)
         step = max(1, (1 << 21) // max(1, self.shape[0] * self.shape[1]))
         for z in range(0, self.shape[2], step):
-            out[:, :, z:z + step] = self[:, :, z:z + step]
+            out[:, :, z:z + step] = self._filtered(slice(z, z + step))
         return out if dtype is None else out.astype(dtype)
 
 
