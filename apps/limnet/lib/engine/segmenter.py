@@ -329,9 +329,9 @@ class LimNetSegmenter:
             hounsfield = not normalized and looks_like_ct(volume)
         image = volume if normalized else normalize_intensity(volume)
         strength, above, floor = self.denoise, self.denoise_above, 0.0
-        if hounsfield:
-            strength, above, floor = ((None, 0.0, 0.0) if self.denoise_ct_floor is None
-                                      else (strength, 0.0, self.denoise_ct_floor))
+        if hounsfield:  # a CT: only the noise beyond its floor, or never
+            strength = None if self.denoise_ct_floor is None else strength
+            above, floor = 0.0, self.denoise_ct_floor or 0.0
         view = denoised(image, strength, above, noise=noise, floor=floor)
         return InteractionState(image=image, reading_view=None if view is image else view, hounsfield=hounsfield)
 

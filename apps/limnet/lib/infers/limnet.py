@@ -82,7 +82,7 @@ class CachedImage:
 
     normalized: np.ndarray | ScaledVolume  # H x W x D in [0, 1]; scaled where read (float images until settled)
     affine: torch.Tensor
-    hounsfield: bool = False  # read as a CT (`looks_like_ct`): the noise filter's threshold is a CT's
+    hounsfield: bool = False  # read as a CT (`looks_like_ct`): the noise filter's floor and the area guard are a CT's
     noise: tuple[float, float] | None = None  # `noise_level` of `normalized`, measured at its first interaction
 
     @property
