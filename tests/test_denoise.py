@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from lib.engine.denoise import DenoisedVolume, bilateral_valid, denoised, looks_like_ct, noise_level
+from lib.engine.denoise import DenoisedVolume, bilateral_valid, denoised, looks_like_ct, noise_level, reading_step
 from lib.engine.geometry import Box, shows_structure
 from lib.engine.segmenter import LimNetSegmenter
 
@@ -76,6 +76,30 @@ def test_reads_give_what_filtering_whole_slices_gives():
     with pytest.raises(IndexError):
         wrapped[np.array([1, 2]), :, 0]
     assert wrapped.shape == volume.shape and wrapped.dtype == volume.dtype and wrapped.ndim == 3
+    spaced = DenoisedVolume(volume, 0.1, pitch=2)  # neighbours every other pixel: the border extends by 4
+    assert np.array_equal(np.asarray(spaced), bilateral_valid(np.pad(volume, ((4, 4), (4, 4), (0, 0)), mode="edge"),
+                                                              0.1, pitch=2))
+    assert np.allclose(spaced[3:17, 5, 2:4], np.asarray(spaced)[3:17, 5, 2:4])
+
+
+def test_noise_correlated_from_pixel_to_pixel_is_filtered_with_neighbours_as_far_apart_as_it_is_read():
+    """A slice over 256 pixels has its noise read every other pixel (`reading_step`), and filtered with neighbours
+    as far apart: noise that a CT's reconstruction kernel correlates over adjacent pixels (here white noise blurred
+    0.8 pixels) is averaged far less by adjacent neighbours. An image up to 256 across is read and filtered at every
+    pixel."""
+    assert reading_step((512, 512, 3)) == 2 and reading_step((256, 200, 9)) == 1 and reading_step((768, 300, 1)) == 3
+    rng = np.random.default_rng(1)
+    noise = ndi.gaussian_filter(rng.normal(0, 1, (300, 300, 2)), (0.8, 0.8, 0))
+    noise = (0.02 * noise / noise.std()).astype(np.float32)
+    flat = np.full((300, 300, 2), 0.5, np.float32)
+    left = {p: np.std(np.asarray(DenoisedVolume(flat + noise, 2 * 0.02, pitch=p))[20:-20, 20:-20]) for p in (1, 2)}
+    assert left[2] < 0.8 * left[1], left  # 0.70 of it
+    image = np.zeros((520, 520, 4), np.float32)
+    image[60:460, 60:460] = 0.8
+    image += np.random.default_rng(2).normal(0, 0.02, image.shape).astype(np.float32)
+    view = denoised(image, 2.0)
+    assert isinstance(view, DenoisedVolume) and view.pitch == 2
+    assert denoised(image[::2, ::2], 2.0).pitch == 1
 
 
 def test_the_structure_check_reads_the_image_as_it_came():

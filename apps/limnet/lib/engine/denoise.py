@@ -18,6 +18,14 @@ from scipy import ndimage as ndi
 _RESIDUAL = np.array([[0, 0.25, 0], [0.25, 0, 0.25], [0, 0.25, 0]], np.float32)
 
 
+def reading_step(shape) -> int:
+    """The pixel pitch a volume's noise is read at (`noise_level`) and filtered at (`DenoisedVolume`): every
+    pixel up to 256 across, every other one above (every k-th above 256 k). A CT reconstructed at 512 x 512 has noise
+    that is correlated from pixel to pixel (the reconstruction kernel; the thin-slice chest CT's residual grows
+    1.6x from neighbours 1 pixel away to 2 pixels away) and close to white at every other pixel."""
+    return max(1, max(int(shape[0]), int(shape[1])) // 256)
+
+
 def noise_level(volume, planes: int = 8, window: int = 7, share: float = 0.1) -> tuple[float, float]:
     """The white noise of a volume (its standard deviation, in the volume's intensity units) and the 1-99
     percentile intensity range it is measured against, both read on the same slices.
@@ -28,7 +36,7 @@ def noise_level(volume, planes: int = 8, window: int = 7, share: float = 0.1) ->
     the 10th percentile of that spread inside the body or head (`share` of the range above the 1st percentile): the
     flattest tissue shows only the noise, edges and texture raise the rest. As a fraction of the range, a clean
     template reads 0.003-0.004, a 2 mm template's texture 0.013, a routine CT 0.0075, 1% noise added to a template
-    0.010. Slices over 256 pixels are read every other pixel or more.
+    0.010. Slices over 256 pixels are read every other pixel or more (`reading_step`).
     `volume`: anything indexable as volume[x0:x1:s, y0:y1:s, k] (an array or a `ScaledVolume`)."""
     h, w, d = volume.shape
     coarse = np.asarray(volume[:: max(1, h // 32), :: max(1, w // 32), :], np.float32)
@@ -36,7 +44,7 @@ def noise_level(volume, planes: int = 8, window: int = 7, share: float = 0.1) ->
     held = np.flatnonzero((coarse > lo + share * (hi - lo)).mean((0, 1)) > 0.05)  # slices that image the body
     first, last = (int(held[0]), int(held[-1])) if held.size else (0, d - 1)
     ks = np.unique(np.linspace(first + 0.2 * (last - first), first + 0.8 * (last - first), planes).round().astype(int))
-    step = max(1, max(h, w) // 256)
+    step = reading_step(volume.shape)
     stack = np.stack([np.asarray(volume[::step, ::step, int(k)], np.float32) for k in ks], -1)
     lo, hi = np.percentile(stack, [1, 99])
     if hi <= lo or min(stack.shape[:2]) < 3 * window:
@@ -56,25 +64,28 @@ def noise_level(volume, planes: int = 8, window: int = 7, share: float = 0.1) ->
     return float(np.percentile(np.concatenate(spreads), 10) / np.sqrt(1.25)), float(hi - lo)
 
 
-def _reach(spatial_sigma: float) -> int:
-    """How many pixels the filter reads on each side of a pixel: two spatial sigmas."""
-    return int(np.ceil(2 * spatial_sigma))
+def _reach(spatial_sigma: float, pitch: int = 1) -> int:
+    """How many pixels the filter reads on each side of a pixel: two spatial sigmas, in steps of `pitch` pixels."""
+    return int(np.ceil(2 * spatial_sigma)) * pitch
 
 
-def bilateral_valid(block: np.ndarray, range_sigma: float, spatial_sigma: float = 1.0) -> np.ndarray:
+def bilateral_valid(block: np.ndarray, range_sigma: float, spatial_sigma: float = 1.0, pitch: int = 1) -> np.ndarray:
     """An in-plane bilateral filter of an H x W x N float32 block, answering its inner (H - 2r) x (W - 2r) x N part
-    (r = ceil(2 `spatial_sigma`)): neighbours are averaged with a weight that falls with their distance and with
-    their intensity difference (`range_sigma`), so noise is averaged and an edge stronger than a few noise levels is
-    kept. Slices are filtered apart (a thick-slice CT's neighbours show other anatomy)."""
-    r = _reach(spatial_sigma)
+    (r = `_reach`): neighbours are averaged with a weight that falls with their distance and with their intensity
+    difference (`range_sigma`), so noise is averaged and an edge stronger than a few noise levels is kept. The
+    neighbours lie `pitch` pixels apart and `spatial_sigma` counts in those steps: noise that is correlated over
+    neighbouring pixels is averaged only by neighbours further apart. Slices are filtered apart (a thick-slice CT's
+    neighbours show other anatomy)."""
+    r, q = _reach(spatial_sigma, pitch), _reach(spatial_sigma)
     h, w = block.shape[0] - 2 * r, block.shape[1] - 2 * r
     centre = block[r:r + h, r:r + w]
     num = np.zeros(centre.shape, np.float32)
     den = np.zeros(centre.shape, np.float32)
     scale = np.float32(-0.5 / (range_sigma * range_sigma))
-    for dx in range(-r, r + 1):
-        for dy in range(-r, r + 1):
-            near = np.float32(np.exp(-(dx * dx + dy * dy) / (2 * spatial_sigma * spatial_sigma)))
+    for a in range(-q, q + 1):
+        for b in range(-q, q + 1):
+            near = np.float32(np.exp(-(a * a + b * b) / (2 * spatial_sigma * spatial_sigma)))
+            dx, dy = a * pitch, b * pitch
             shifted = block[r + dx:r + dx + h, r + dy:r + dy + w]
             weight = shifted - centre
             np.square(weight, out=weight)
@@ -104,10 +115,13 @@ class DenoisedVolume:
     `planes` slices: a first click on a CT-sized slice reads the clicked slice and its neighbours some 30 times, in
     boxes from 24 pixels to the whole slice (filtering each read apart cost 0.18 s a click at 512 x 512). Supports
     what the engine does with a volume: `shape`, `ndim`, `dtype`, indexing with in-plane ints or slices and any
-    index along the slices; `np.asarray` gives it whole."""
+    index along the slices; `np.asarray` gives it whole. `pitch`: how far apart the filter's neighbours lie
+    (`bilateral_valid`; `denoised` sets it to the noise's `reading_step`)."""
 
-    def __init__(self, base, range_sigma: float, spatial_sigma: float = 1.0, planes: int = 16) -> None:
+    def __init__(self, base, range_sigma: float, spatial_sigma: float = 1.0, planes: int = 16,
+                 pitch: int = 1) -> None:
         self.base, self.range_sigma, self.spatial_sigma = base, float(range_sigma), float(spatial_sigma)
+        self.pitch = int(pitch)
         self.shape, self.ndim, self.dtype = tuple(base.shape), 3, np.dtype(base.dtype)
         self._planes: OrderedDict[int, np.ndarray] = OrderedDict()
         self._capacity = planes
@@ -115,9 +129,9 @@ class DenoisedVolume:
 
     def _filtered(self, ks) -> np.ndarray:
         """Slices `ks` (an index along the slices that keeps the axis) filtered whole."""
-        r = _reach(self.spatial_sigma)
+        r = _reach(self.spatial_sigma, self.pitch)
         block = np.pad(np.asarray(self.base[:, :, ks], dtype=np.float32), ((r, r), (r, r), (0, 0)), mode="edge")
-        return bilateral_valid(block, self.range_sigma, self.spatial_sigma).astype(self.dtype, copy=False)
+        return bilateral_valid(block, self.range_sigma, self.spatial_sigma, self.pitch).astype(self.dtype, copy=False)
 
     def plane(self, k: int) -> np.ndarray:
         """Slice k filtered whole, kept for the next reads (the last `planes` slices read)."""
@@ -172,7 +186,8 @@ def denoised(volume, strength: float | None, above: float = 0.0, spatial_sigma: 
     """`volume` read through a bilateral filter whose range is `strength` times its measured noise (`noise_level`,
     or `noise` where the caller measured it already), where that noise exceeds `above` of its intensity range; the
     volume itself otherwise or when `strength` is None. `floor` (a fraction of the range): only the noise beyond
-    it is taken out (the range follows sqrt(noise^2 - floor^2)), for images whose readers learnt that much noise."""
+    it is taken out (the range follows sqrt(noise^2 - floor^2)), for images whose readers learnt that much noise.
+    The filter's neighbours lie as far apart as the pixels the noise was read on (`reading_step`)."""
     if strength is None:
         return volume
     sigma, extent = noise_level(volume) if noise is None else noise
@@ -181,4 +196,4 @@ def denoised(volume, strength: float | None, above: float = 0.0, spatial_sigma: 
     excess = float(np.sqrt(max(sigma * sigma - (floor * extent) ** 2, 0.0)))
     if excess <= 0.0:
         return volume
-    return DenoisedVolume(volume, strength * excess, spatial_sigma)
+    return DenoisedVolume(volume, strength * excess, spatial_sigma, pitch=reading_step(volume.shape))
