@@ -18,7 +18,11 @@ IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a n
 brainval256`: those of `brainval` on slices padded with air to 256 x 256 (a 256 mm field of view at 1 mm, which
 the server treats as CT-sized). `--user slice`: a robot user who, as in Slicer or OHIF, corrects the slice of
 its first click (the deepest pixel of the largest 2D error there) until that slice's Dice reaches 0.9, then
-clicks as the challenge's robot.
+clicks as the challenge's robot. `--noise 2 --noise-blur 0.8 --noise-seed 7`: each image with Gaussian noise of 2% of
+its intensity range added, blurred 0.8 pixels in-plane as a CT's is (`with_noise`; a probe of noisier scans, compared
+against the clean run's Dice):
+
+    .venv/bin/python scripts/evaluate.py --set ctval --rounds 6 --no-baseline --threads 1 --noise 2 --noise-blur 0.8
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
-from lib.data.evaluation import CaseResult, evaluate_case, regressions  # noqa: E402
+from lib.data.evaluation import CaseResult, evaluate_case, regressions, with_noise  # noqa: E402
 from lib.data.heldout import heldout_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 
@@ -68,6 +72,11 @@ def main() -> None:
     p.add_argument("--user", choices=("volume", "slice"), default="volume",
                    help="the robot user: the challenge's (volume) or one who corrects the first click's slice "
                         "until its Dice reaches 0.9, then clicks as the challenge's (slice)")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="add Gaussian noise of this percent of each image's 1-99 percentile range (a probe)")
+    p.add_argument("--noise-blur", type=float, default=0.0,
+                   help="blur that noise in-plane by this many pixels first (a CT's correlated noise)")
+    p.add_argument("--noise-seed", type=int, default=0, help="noise draw: case i of the set is seeded 1000 + i + this")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--plot", default="", help="write a PNG of mean Dice against clicks per method here")
@@ -96,16 +105,20 @@ def main() -> None:
         pool = brain_cases(shrink=4 if args.set == "brainval2" else 2, fov=256 if args.set == "brainval256" else None)
     else:
         pool = heldout_cases()
-    cases = [c for c in pool if not wanted or c.name in wanted]
+    cases = [(i, c) for i, c in enumerate(pool) if not wanted or c.name in wanted]
     results = []
-    for c in cases:
+    for i, c in cases:
         t = time.time()
-        r = evaluate_case(net, c.name, c.image, c.label, c.spacing, args.rounds, baseline=not args.no_baseline,
+        image = with_noise(c.image, args.noise, 1000 + i + args.noise_seed, args.noise_blur)
+        r = evaluate_case(net, c.name, image, c.label, c.spacing, args.rounds, baseline=not args.no_baseline,
                           user=args.user)
         results.append(r)
         print(f"# {c.name} ({c.modality}, {list(c.image.shape)}, {c.spacing[2]:g} mm slices, "
               f"{int(c.label.sum())} voxels): {time.time() - t:.0f}s", flush=True)
     methods = [m for m in METHODS if m in results[0].dice]
+    if args.noise > 0:
+        print(f"\nnoise added: {args.noise:g}% of each image's range, blurred {args.noise_blur:g} px, draw "
+              f"{args.noise_seed}")
     print(f"\nweights: {os.path.relpath(weights, ROOT)}; robot user: {args.user}; machine: {platform.machine()}, "
           f"{os.cpu_count()} cores, torch threads {args.threads}; {time.strftime('%Y-%m-%d')}")
     head = "| case | method | " + " | ".join(f"Dice@{i + 1}" for i in range(args.rounds)) + " | regressions | median s/click |"

@@ -120,3 +120,21 @@ def test_classical_tools_segment_a_plain_sphere():
     for tool in (flood, RandomWalkerTool(image)):
         assert dice(tool([(20, 20, 15)], []), sphere) > 0.9
     assert not flood([(20, 20, 15)], [(21, 20, 15)]).any()
+
+
+def test_noise_for_the_probes_has_the_asked_spread_and_blur():
+    """`with_noise` (scripts/evaluate.py --noise): the spread is the asked share of the image's 1-99 percentile
+    range; blurred noise is correlated between neighbouring pixels in-plane, not across slices; the same seed gives
+    the same draw."""
+    from lib.data.evaluation import with_noise
+
+    image = np.zeros((64, 64, 8), np.float32)
+    image[:, 32:] = 200.0
+    assert with_noise(image, 0.0, 1) is image
+    white, blurred = with_noise(image, 2.0, 1) - image, with_noise(image, 2.0, 1, blur=0.8) - image
+    for noise in (white, blurred):
+        assert abs(noise.std() - 4.0) < 0.2, noise.std()  # 2% of the range, 200
+    inplane = [np.corrcoef(n[1:].ravel(), n[:-1].ravel())[0, 1] for n in (white, blurred)]
+    across = np.corrcoef(blurred[:, :, 1:].ravel(), blurred[:, :, :-1].ravel())[0, 1]
+    assert abs(inplane[0]) < 0.05 and inplane[1] > 0.5 and abs(across) < 0.05, (inplane, across)
+    assert np.array_equal(with_noise(image, 2.0, 1), with_noise(image, 2.0, 1))
