@@ -89,7 +89,7 @@ def main() -> None:
         return
     if args.summary_from:
         with open(args.summary_from) as f:
-            summary([CaseResult(**r) for r in json.load(f)])
+            summary([CaseResult(**{k: v for k, v in r.items() if k != "run"}) for r in json.load(f)])
         return
     torch.set_num_threads(args.threads)
     weights = args.weights or default_weights()
@@ -138,8 +138,11 @@ def main() -> None:
     if args.set == "heldout":
         summary(results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([r.__dict__ for r in results], f, indent=1)
+        run = {"set": args.set, "rounds": args.rounds, "user": args.user, "weights": os.path.relpath(weights, ROOT),
+               "noise": args.noise, "noise_blur": args.noise_blur, "noise_seed": args.noise_seed,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        with open(args.json, "w") as f:  # each case carries the run's settings (a noisy run is told apart)
+            json.dump([{**r.__dict__, "run": run} for r in results], f, indent=1)
     if args.plot:
         plot([r.dice for r in results], args.plot)
 

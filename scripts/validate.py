@@ -98,6 +98,8 @@ VARIANTS = {
                                             imaged_guard_ct=0.45),
     "guarded+window+footnone-ctfloor": dict(box_search="guarded", local_window=True, negative_footprint=None,
                                             denoise_ct_floor=None),
+    "guarded+window+footnone+keepunder0": dict(box_search="guarded", local_window=True, negative_footprint=None,
+                                               negative_keep_under=0),
     "guarded+window-bridge": dict(box_search="guarded", local_window=True, bridge_gaps=False),
     "guarded+window+like": dict(box_search="guarded", local_window=True, added_like=True),
     "guarded+window-cut": dict(box_search="guarded", local_window=True, cut_beyond=None),

@@ -553,8 +553,38 @@ def test_negative_clicks_remove_elsewhere_only_under_what_they_removed_on_their_
     assert out[10:20, 10:20, 6:8].all(), "the core's hole away from the removed rim is filled again"
     assert not out[5, 16, 5]
     out = new.copy()
-    LimNetSegmenter(net, "cpu", use_fusion=False)._one_way(state, out, everything, [(16, 16, 5)], [(5, 16, 5)])
-    assert np.array_equal(out, new)  # the default, None: off
+    LimNetSegmenter(net, "cpu", use_fusion=False, negative_keep_under=None)._one_way(
+        state, out, everything, [(16, 16, 5)], [(5, 16, 5)])
+    assert np.array_equal(out, new)  # the default, None: off (`negative_keep_under` off too: it fills the hole)
+
+
+def test_negative_clicks_leave_unclicked_slices_the_object_their_slice_kept(net) -> None:
+    """`negative_keep_under`: after negative clicks alone, an unclicked slice whose mask the memory re-propagated from
+    the carved prompt gets back what it lost in-plane under what the clicked slice kept; what it lost under what the
+    clicked slice lost stays off (a leak there), and the clicked slice is as the round made it."""
+    from lib.engine.state import InteractionState
+
+    old = np.zeros((32, 32, 10), bool, order="F")
+    old[8:20, 8:20, 2:8] = True  # the object
+    old[20:28, 8:20, 3:7] = True  # a leak beside it
+    state = InteractionState(image=np.zeros(old.shape, np.float32), mask=old, foreground=[(14, 14, 5)],
+                             region=(slice(8, 28), slice(8, 20), slice(2, 8)))
+    new = old.copy()
+    new[20:28, 8:20, 3:7] = False  # the click in the leak on slice 5 takes it off there and on the slices around
+    new[8:20, 8:20, 4] = False  # the slice below collapses as well: its memory read the carved prompt badly
+    new[8:20, 8:15, 6] = False
+    new[14, 14, 5] = True
+    everything = (slice(0, 32), slice(0, 32), slice(0, 10))
+    out = new.copy()
+    LimNetSegmenter(net, "cpu", use_fusion=False, negative_keep_under=0)._one_way(
+        state, out, everything, [(14, 14, 5)], [(24, 14, 5)])
+    assert out[8:20, 8:20, 4].all() and out[8:20, 8:20, 6].all(), "the object under the kept prompt comes back"
+    assert not out[20:28, 8:20, 3:7].any(), "the leak stays off on every slice"
+    assert np.array_equal(out[:, :, 5], new[:, :, 5]) and not out[24, 14, 5]
+    out = new.copy()
+    LimNetSegmenter(net, "cpu", use_fusion=False, negative_keep_under=None)._one_way(
+        state, out, everything, [(14, 14, 5)], [(24, 14, 5)])
+    assert np.array_equal(out, new)  # None: off
 
 
 def ct_body_with_organ(depth: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -138,3 +138,27 @@ def test_noise_for_the_probes_has_the_asked_spread_and_blur():
     across = np.corrcoef(blurred[:, :, 1:].ravel(), blurred[:, :, :-1].ravel())[0, 1]
     assert abs(inplane[0]) < 0.05 and inplane[1] > 0.5 and abs(across) < 0.05, (inplane, across)
     assert np.array_equal(with_noise(image, 2.0, 1), with_noise(image, 2.0, 1))
+
+
+def test_evaluate_json_records_the_run_and_reads_back(tmp_path):
+    """`scripts/evaluate.py --json`: every case carries the run's settings (a noisy probe is told from a clean run),
+    and `--summary-from` / `--plot-from` read the file back. One 128 x 128 validation organ, one click."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run.json"
+    cmd = [sys.executable, str(root / "scripts" / "evaluate.py"), "--set", "ctval4", "--cases", "ctval_aorta_4x",
+           "--rounds", "1", "--no-baseline", "--noise", "1", "--noise-blur", "0.8", "--noise-seed", "3",
+           "--json", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=root, timeout=600)
+    (case,) = json.loads(out.read_text())
+    assert case["case"] == "ctval_aorta_4x" and len(case["dice"]["limnet_no_mrf"]) == 1
+    run = case["run"]
+    assert (run["set"], run["rounds"], run["noise"], run["noise_blur"], run["noise_seed"]) == ("ctval4", 1, 1.0, 0.8, 3)
+    assert run["weights"].endswith(".pt")
+    printed = subprocess.run([sys.executable, str(root / "scripts" / "evaluate.py"), "--summary-from", str(out)],
+                             check=True, capture_output=True, text=True, cwd=root, timeout=120).stdout
+    assert "| ctval_aorta_4x | " in printed and "- mean Dice after 1 clicks: " in printed, printed
