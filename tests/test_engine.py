@@ -585,6 +585,15 @@ def test_negative_clicks_leave_unclicked_slices_the_object_their_slice_kept(net)
     LimNetSegmenter(net, "cpu", use_fusion=False, negative_keep_under=None)._one_way(
         state, out, everything, [(14, 14, 5)], [(24, 14, 5)])
     assert np.array_equal(out, new)  # None: off
+    # `keep_under_clicked`: only under kept parts that hold a positive click of the clicked slice
+    confirmed = LimNetSegmenter(net, "cpu", use_fusion=False, keep_under_clicked=True)
+    out = new.copy()
+    confirmed._one_way(state, out, everything, [(14, 14, 5)], [(24, 14, 5)])
+    assert out[8:20, 8:20, 4].all() and not out[20:28, 8:20, 3:7].any()
+    elsewhere = InteractionState(image=state.image, mask=old, foreground=[(14, 14, 2)], region=state.region)
+    out = new.copy()
+    confirmed._one_way(elsewhere, out, everything, [(14, 14, 2)], [(24, 14, 5)])
+    assert np.array_equal(out, new), "a carved slice without a positive click vouches for nothing"
 
 
 def ct_body_with_organ(depth: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
