@@ -281,24 +281,24 @@ class LimNetSegmenter:
         clicks fell from 0.054-0.058 to 0.016-0.021, a clean one is left as it is, and with 3% noise (0.03) it holds
         0.618 instead of 0.231 (design log, 2026-12-06 afternoon and 2026-12-06, late afternoon). The modules'
         other reads (propagation, later rounds' boxes) see the image as it came: filtering them too gained no more and
-        made a click 2-3x slower. `negative_keep_under`: after negative clicks alone, an unclicked slice keeps what the
-        last round had there in-plane under what the clicked slices kept (widened by this many pixels) and outside
+        made a click 2-3x slower. `negative_keep_under`: after negative clicks alone, an unclicked slice keeps what
+        the last round had there in-plane under what the clicked slices kept (widened by this many pixels) and outside
         what they lost (`_keep_under_kept`; None: off). The memory re-propagates the slices around a carved prompt,
         and a neighbour sometimes collapsed with it (the real-CT pancreas's slice next to a negative click 565 -> 51
-        pixels, 481 of them object: Dice 0.63 -> 0.29). Under every kept pixel (`keep_under_clicked` False) against off,
-        8 clicks (design log, 2026-12-06 night), drops of the five real validation sets 37 -> 27 (challenge's robot) and 70 -> 49 (slice user); Dice over clicks
-        -0.006 to +0.005 per set (the 128 x 128 CT's rib and costal cartilages lose: their neighbours' false
-        positives lay under the kept remainder); generated, 216 cases, 5 clicks: -0.001 [-0.001, -0.000], drops 28
-        -> 26, and with the slice user -0.001 [-0.003, +0.001], drops 30 -> 27 (nested -0.020 after 5 clicks).
-        Widened by 1 pixel: drops 37 -> 26 and 70 -> 54, the 128 x 128 CT -0.010 over clicks; only where a slice
-        lost over twice the clicked slices' share: fewer drops mended (37 -> 33, 70 -> 68). `keep_under_clicked`
-        (the default): "what the clicked slices kept" is only their kept components that hold a positive click of
-        the slice (`_holding_clicks`): a carved remainder without one is no evidence of object, and restoring under
-        it kept the false positives a user carves off a first answer too large (the 128 x 128 CT's rib and costal
-        cartilages). Against `negative_keep_under` off: the five real sets' drops 37 -> 31 (challenge's robot; Dice
-        over clicks +0.000 to +0.005 on each) and 70 -> 55 (slice user; -0.008 on the 2 mm brain, -0.000 to +0.007
-        on the others); generated +0.000 [-0.000, +0.000], drops 28 -> 27, slice user -0.001 [-0.003, +0.001],
-        drops 30 -> 29."""
+        pixels, 481 of them object: Dice 0.63 -> 0.29). Under every kept pixel (`keep_under_clicked` False) against
+        off, 8 clicks (design log, 2026-12-06 night), drops of the five real validation sets 37 -> 27 (challenge's
+        robot) and 70 -> 49 (slice user); Dice over clicks -0.006 to +0.005 per set (the 128 x 128 CT's rib and costal
+        cartilages lose: their neighbours' false positives lay under the kept remainder); generated, 216 cases, 5
+        clicks: -0.001 [-0.001, -0.000], drops 28 -> 26, and with the slice user -0.001 [-0.003, +0.001], drops 30 ->
+        27 (nested -0.020 after 5 clicks). Widened by 1 pixel: drops 37 -> 26 and 70 -> 54, the 128 x 128 CT -0.010
+        over clicks; only where a slice lost over twice the clicked slices' share: fewer drops mended (37 -> 33, 70 ->
+        68). `keep_under_clicked` (the default): "what the clicked slices kept" is only their kept components that
+        hold a positive click of the slice (`_holding_clicks`): a carved remainder without one is no evidence of
+        object, and restoring under it kept the false positives a user carves off a first answer too large (the 128 x
+        128 CT's rib and costal cartilages). Against `negative_keep_under` off: the five real sets' drops 37 -> 31
+        (challenge's robot; Dice over clicks +0.000 to +0.005 on each) and 70 -> 55 (slice user; -0.008 on the 2 mm
+        brain, -0.000 to +0.007 on the others); generated +0.000 [-0.000, +0.000], drops 28 -> 27, slice user -0.001
+        [-0.003, +0.001], drops 30 -> 29."""
         self.denoise, self.denoise_above, self.denoise_ct_floor = denoise, denoise_above, denoise_ct_floor
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
