@@ -1082,9 +1082,10 @@ class LimNetSegmenter:
     def _keep_under_kept(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click],
                          background: list[Click]) -> None:
         """A round of negative clicks takes nothing off an unclicked slice where it lies, in-plane, under what the
-        clicked slices kept (widened by `negative_keep_under` pixels) and outside what they lost: the clicks said
-        what is not object there, and a slice whose mask the memory re-propagated from a carved prompt must not lose
-        the object the prompt still holds. Changes `mask` in place."""
+        clicked slices kept (with `keep_under_clicked`, only its parts that hold a positive click of their slice;
+        widened by `negative_keep_under` pixels) and outside what they lost: the clicks said what is not object
+        there, and a slice whose mask the memory re-propagated from a carved prompt must not lose the object the
+        prompt still holds. Changes `mask` in place."""
         xs, ys, zs = region
         ks = sorted({int(c[2]) - zs.start for c in new if zs.start <= int(c[2]) < zs.stop})
         if not ks:
