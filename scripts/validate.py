@@ -99,7 +99,7 @@ VARIANTS = {
     "guarded+window+footnone-ctfloor": dict(box_search="guarded", local_window=True, negative_footprint=None,
                                             denoise_ct_floor=None),
     "guarded+window+footnone+keepunder0": dict(box_search="guarded", local_window=True, negative_footprint=None,
-                                               negative_keep_under=0),
+                                               negative_keep_under=0, keep_under_clicked=False),
     "guarded+window+footnone+keepclicked": dict(box_search="guarded", local_window=True, negative_footprint=None,
                                                 keep_under_clicked=True),
     "guarded+window+footnone-keepunder": dict(box_search="guarded", local_window=True, negative_footprint=None,
