@@ -1076,16 +1076,16 @@ class LimNetSegmenter:
             if self.negative_footprint is not None:
                 self._limit_removal(state, mask, region, background[len(state.background):])
             if self.negative_keep_under is not None:
-                self._keep_under_kept(state, mask, region, background[len(state.background):], background)
+                self._keep_under_kept(state, mask, region, background[len(state.background):])
         return region
 
-    def _keep_under_kept(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click],
-                         background: list[Click]) -> None:
+    def _keep_under_kept(self, state: InteractionState, mask: np.ndarray, region: Region, new: list[Click]) -> None:
         """A round of negative clicks takes nothing off an unclicked slice where it lies, in-plane, under what the
         clicked slices kept (with `keep_under_clicked`, only its parts that hold a positive click of their slice;
         widened by `negative_keep_under` pixels) and outside what they lost: the clicks said what is not object
         there, and a slice whose mask the memory re-propagated from a carved prompt must not lose the object the
-        prompt still holds. Changes `mask` in place."""
+        prompt still holds. Only voxels of the last mask come back, where every earlier negative click was already
+        off, and never on a newly clicked slice. Changes `mask` in place."""
         xs, ys, zs = region
         ks = sorted({int(c[2]) - zs.start for c in new if zs.start <= int(c[2]) < zs.stop})
         if not ks:
@@ -1101,8 +1101,6 @@ class LimNetSegmenter:
         restore = removed & (under & ~lost)[:, :, None]
         restore[:, :, ks] = False
         now |= restore
-        for x, y, k in background:
-            mask[x, y, k] = False
 
     @staticmethod
     def _holding_clicks(mask: np.ndarray, ks: list[int], foreground: list[Click], region: Region) -> np.ndarray:
