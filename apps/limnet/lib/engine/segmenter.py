@@ -534,8 +534,9 @@ class LimNetSegmenter:
         more (`distinctness`, more than `wider_gain` times): the round's box is about 1.4 times the mask so far, and
         in it the module answers a uniform organ's patch a little larger than that mask, so a large organ found
         in part grew by a patch a click. Up to `wider_adds` boxes, each 1.5 times the last, around the mask and the
-        clicks; a view whose answer the box cuts, that spans most of the slice or leaves out half the mask so far
-        ends the ladder."""
+        clicks; a view whose answer the box cuts, that spans most of the slice, leaves out half the mask so far or
+        (`wider_alike`) is another tissue around clicks like the mask ends the ladder. A slice the mask has not reached
+        yet, or a mask too thin for `distinctness`, keeps the round's answer."""
         plane = state.readable[:, :, k].astype(np.float32)
         shape = last.shape
         best, score = found, distinctness(plane, found.mask | last)
