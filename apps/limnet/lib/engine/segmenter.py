@@ -539,11 +539,12 @@ class LimNetSegmenter:
         yet, or a mask too thin for `distinctness`, keeps the round's answer."""
         plane = state.readable[:, :, k].astype(np.float32)
         shape = last.shape
-        best, score = found, distinctness(plane, found.mask | last)
+        both = found.mask | last
+        best, score = found, distinctness(plane, both)
         if score <= 0:  # too thin to rate (`distinctness`): a small object's rim, nothing to compare a wider view with
             return found
         so_far = max(int(np.count_nonzero(last)), 1)
-        x0, x1, y0, y1 = extent_xy((found.mask | last)[:, :, None])
+        x0, x1, y0, y1 = extent_xy(both[:, :, None])
         new = [(x, y) for x, y in pos if not last[x, y]]
         size = box.size
         for _ in range(self.wider_adds):
@@ -555,7 +556,7 @@ class LimNetSegmenter:
             if seen is None or self._implausible(seen.extent, wide, shape) \
                     or np.count_nonzero(seen.mask & last) < 0.5 * so_far:
                 break
-            if self.wider_alike and self._clicks_like_inner(state.image[:, :, k], found.mask | last, seen.mask, new):
+            if self.wider_alike and self._clicks_like_inner(state.image[:, :, k], both, seen.mask, new):
                 break
             wider = distinctness(plane, seen.mask | last)
             if wider > self.wider_gain * score:
