@@ -32,20 +32,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
-from lib.data.evaluation import regressions, with_noise  # noqa: E402
-
-SETS = ("ctval", "ctval4", "brainval", "brainval2", "brainval256")
-
-
-def load_set(name: str) -> list:
-    """The validation cases of `name` (the same pools as `evaluate.py --set`)."""
-    if name in ("ctval", "ctval4"):
-        from lib.data.totalseg import validation_cases
-
-        return validation_cases(shrink=4 if name == "ctval4" else 1)
-    from lib.data.brainval import validation_cases
-
-    return validation_cases(shrink=4 if name == "brainval2" else 2, fov=256 if name == "brainval256" else None)
+from lib.data.evaluation import VALIDATION_SETS as SETS  # noqa: E402
+from lib.data.evaluation import regressions, validation_set, with_noise  # noqa: E402
 
 
 def segmenter_kwargs(settings: dict) -> dict:
@@ -70,7 +58,7 @@ def run_job(job: dict) -> dict:
     net = LimNet.load(job["weights"])
     wanted = set(job["cases"])
     out = {}
-    for i, case in enumerate(load_set(job["set"])):
+    for i, case in enumerate(validation_set(job["set"])):
         if wanted and case.name not in wanted:
             continue
         image = with_noise(case.image, job["noise"], 1000 + i + job["seed"])
@@ -110,7 +98,6 @@ def table(results: list[dict], variants: list[str]) -> str:
                 continue
             last = np.mean([np.mean([d[-1] for d in dice.values()]) for dice in runs[v].values()])
             drops = sum(regressions(d) for dice in runs[v].values() for d in dice.values())
-            cmp = ""
             if v != variants[0] and variants[0] in runs:
                 p = paired(runs[variants[0]], runs[v])
                 cmp = (f"{p['mean']:+.4f} [{p['low']:+.4f}, {p['high']:+.4f}] | "

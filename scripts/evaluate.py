@@ -40,7 +40,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
-from lib.data.evaluation import CaseResult, evaluate_case, regressions, with_noise  # noqa: E402
+from lib.data.evaluation import VALIDATION_SETS, CaseResult, evaluate_case, regressions, validation_set, with_noise  # noqa: E402
 from lib.data.heldout import heldout_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 
@@ -61,7 +61,7 @@ def default_weights() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--set", choices=("heldout", "ctval", "ctval4", "brainval", "brainval2", "brainval256"), default="heldout",
+    p.add_argument("--set", choices=("heldout", *VALIDATION_SETS), default="heldout",
                    help="held-out volumes (the benchmark), or for choices the real-CT validation series (ctval; ctval4: "
                         "block-averaged to 128 x 128) or "
                         "the deep grey nuclei of a brain MR template (brainval; brainval2: at 2 mm; brainval256: "
@@ -95,16 +95,7 @@ def main() -> None:
     weights = args.weights or default_weights()
     net = LimNet.load(weights)
     wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if args.set in ("ctval", "ctval4"):
-        from lib.data.totalseg import validation_cases
-
-        pool = validation_cases(shrink=4 if args.set == "ctval4" else 1)
-    elif args.set in ("brainval", "brainval2", "brainval256"):
-        from lib.data.brainval import validation_cases as brain_cases
-
-        pool = brain_cases(shrink=4 if args.set == "brainval2" else 2, fov=256 if args.set == "brainval256" else None)
-    else:
-        pool = heldout_cases()
+    pool = heldout_cases() if args.set == "heldout" else validation_set(args.set)
     cases = [(i, c) for i, c in enumerate(pool) if not wanted or c.name in wanted]
     results = []
     for i, c in cases:

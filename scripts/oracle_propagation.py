@@ -26,22 +26,13 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
+from lib.data.evaluation import validation_set  # noqa: E402
 from lib.data.robot import dice  # noqa: E402
 from lib.engine.geometry import Box, extent_xy, neighbour_indices, paste_slices  # noqa: E402
 from lib.engine.propagation import SliceFeatures, propagate  # noqa: E402
 from lib.engine.segmenter import LimNetSegmenter  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
 from lib.training.samplers import add_error_clicks, deepest_point  # noqa: E402
-
-
-def validation_pool(name: str) -> list:
-    if name in ("ctval", "ctval4"):
-        from lib.data.totalseg import validation_cases
-
-        return validation_cases(shrink=4 if name == "ctval4" else 1)
-    from lib.data.brainval import validation_cases
-
-    return validation_cases(shrink=4 if name == "brainval2" else 2)
 
 
 def slice_answer(seg: LimNetSegmenter, image: np.ndarray, box: Box, k: int, truth: np.ndarray,
@@ -82,7 +73,7 @@ def main() -> None:
     print("| structure | slices | " + " | ".join(cols) + " | past ends |")
     print("|---|---|" + "---|" * (len(cols) + 1))
     rows = []
-    for case in validation_pool(args.set):
+    for case in validation_set(args.set):
         image, truth = seg.new_state(case.image).image, case.label.astype(bool)
         zs = np.flatnonzero(truth.any((0, 1)))
         box = Box.around(*extent_xy(truth), 1.5, 32).clamp_to(image.shape[:2])
