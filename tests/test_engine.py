@@ -939,6 +939,29 @@ def test_a_fresh_refiner_answers_as_the_interaction_module(net, tmp_path) -> Non
     assert torch.allclose(loaded.refiner(x, prior), with_refiner.refiner(x, prior).half().float(), atol=2e-2)
 
 
+def test_a_deepened_module_answers_as_before_and_keeps_its_blocks_through_save_and_load(net, tmp_path) -> None:
+    """`InteractionModule.deepen` (`train.py --deepen`): blocks added after the encoder stages start as the identity,
+    so the module answers exactly as before; once trained, the weights file brings them back on load."""
+    import copy
+
+    from lib.net.bundle import LimNet
+
+    deep = copy.deepcopy(net)
+    deep.interaction.deepen((1, 2, 0, 1))
+    deep.refiner.deepen((0, 0, 1, 0))
+    assert deep.interaction.depth == (1, 2, 0, 1) and net.interaction.depth == (0, 0, 0, 0)
+    x = torch.rand(2, 5, 64, 64)
+    prior = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    assert torch.equal(deep.interaction(x), net.interaction(x))
+    assert torch.equal(deep.refiner(x, prior), net.refiner(x, prior))
+    deep.interaction.deeper[1][1].body[-1].weight.data += 0.5  # as if trained
+    assert not torch.allclose(deep.interaction(x), net.interaction(x), atol=1e-3)
+    deep.save(str(tmp_path / "w.pt"))
+    loaded = LimNet.load(str(tmp_path / "w.pt"))
+    assert loaded.interaction.depth == (1, 2, 0, 1) and loaded.refiner.depth == (0, 0, 1, 0)
+    assert torch.allclose(loaded.interaction(x), deep.interaction(x).half().float(), atol=2e-2)
+
+
 def test_the_refiner_reads_the_mask_only_of_a_slice_clicked_again(net) -> None:
     """`_shown_mask`: a later round's slice with a new click is answered by the refiner with the last mask; a slice
     whose clicks are all from earlier rounds (answered again in a changed box) by the interaction module alone, as

@@ -41,6 +41,14 @@ class LimNet(nn.Module):
             net.memory.add_deep_update()
         if any(k.startswith("refiner.") for k in weights):  # trained with `train.py --stage refiner`
             net.add_refiner()
+        for name in ("interaction", "refiner"):  # blocks added by `train.py --deepen`
+            depth = [0, 0, 0, 0]
+            for k in weights:
+                if k.startswith(f"{name}.deeper."):
+                    i, j = (int(v) for v in k.split(".")[2:4])
+                    depth[i] = max(depth[i], j + 1)
+            if any(depth):
+                getattr(net, name).deepen(tuple(depth))
         net.load_state_dict(weights)
         return net.to(device).eval()
 
