@@ -69,6 +69,9 @@ def main() -> None:
     p.add_argument("--deepen", type=int, nargs=4, default=None, metavar=("S2", "S4", "S8", "S16"),
                    help="residual blocks to add after each encoder stage of the stage's 2D module (interaction or "
                         "refiner), each started as the identity, so training starts from the loaded module's answers")
+    p.add_argument("--noise-aug", type=float, default=0.0, metavar="SPREAD",
+                   help="half the 2D crops of the interaction and refiner stages get Gaussian noise of up to SPREAD "
+                        "(of the crop's window), half of it blurred in-plane")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
@@ -130,13 +133,13 @@ def main() -> None:
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds,
-                          box_scale=box_scale)
+                          box_scale=box_scale, noise=args.noise_aug)
         save()
     if args.stage in ("refiner", "all"):
         net.add_refiner()  # where the weights have none: a copy of the interaction module as trained so far
         train_interaction(net, pool, args.steps_refiner, os.path.join(args.workdir, "refiner.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refiner_prob, refine_rounds=args.refiner_rounds,
-                          box_scale=box_scale, refiner=True)
+                          box_scale=box_scale, refiner=True, noise=args.noise_aug)
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,

@@ -7,7 +7,16 @@ import numpy as np
 import torch
 
 from lib.training.losses import seg_loss
-from lib.training.samplers import BOX_SCALE, BoxScale, Case, _jittered_box, corrupted_masks, sequence_batch
+from lib.training.samplers import (
+    BOX_SCALE,
+    BoxScale,
+    Case,
+    _jittered_box,
+    corrupted_masks,
+    interaction_batch,
+    noisier,
+    sequence_batch,
+)
 
 
 def _scales(scale: BoxScale, n: int = 400) -> np.ndarray:
@@ -29,6 +38,28 @@ def test_a_wider_box_scale_is_drawn_log_uniform():
     s = _scales(BoxScale(1.25, 4.0, log=True))
     assert s.min() >= 1.2 and s.max() <= 4.05 and s.max() > 3.5
     assert abs(np.median(s) - np.sqrt(1.25 * 4.0)) < 0.25  # log-uniform: the geometric middle (2.24), not 2.6
+
+
+def test_noise_augmentation_adds_noise_to_half_the_crops_and_leaves_the_rest_as_drawn():
+    """`train.py --noise-aug`: half the crops get noise of up to the spread, clipped to the window; without it the
+    batches are drawn exactly as before (the committed weights' draws)."""
+    rng = np.random.default_rng(0)
+    crop = torch.full((3, 64, 64), 0.5)
+    spreads = []
+    for _ in range(40):
+        out = noisier(crop, rng, 0.08)
+        assert out.shape == crop.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+        spreads.append(float((out - crop).std()))
+    assert 0.0 <= min(spreads) < 0.02 and 0.06 < max(spreads) <= 0.085
+    image = np.random.default_rng(1).random((48, 48, 12)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[14:34, 14:34, 3:9] = 1
+    plain = interaction_batch([Case(image, label)], np.random.default_rng(2), 32, 32, noise=0.0)[0]
+    again = interaction_batch([Case(image, label)], np.random.default_rng(2), 32, 32)[0]
+    assert torch.equal(plain, again)
+    flat = np.full(image.shape, 0.5, np.float32)  # every crop of it is flat: a crop with any spread got noise
+    noisy = interaction_batch([Case(flat, label)], np.random.default_rng(3), 64, 32, noise=0.2)[0]
+    assert 0.3 < float((noisy.flatten(1).std(1) > 1e-4).float().mean()) < 0.7
 
 
 def _past_end_share(past_end: float, n: int = 64) -> float:
