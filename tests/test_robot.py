@@ -200,3 +200,31 @@ def test_compare_real_pairs_settings_draw_by_draw(tmp_path):
     bad = subprocess.run([sys.executable, str(root / "scripts" / "compare_real.py"), "--variant", "base"],
                          capture_output=True, text=True, cwd=root, timeout=120)
     assert bad.returncode == 2 and "NAME=JSON" in bad.stderr
+
+
+def test_probe_interaction_pairs_weights_on_the_same_crops(tmp_path):
+    """`scripts/probe_interaction.py`: every weights file sees the same slices and clicks, so a file identical to the
+    first differs by exactly 0; another module is seen; Dice stays in [0, 1] and rises as the robot corrects."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from lib.net.bundle import LimNet
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    from probe_interaction import main
+
+    committed = str(root / "apps" / "limnet" / "model" / "pretrained_limnet.pt")
+    other = LimNet.load(committed)
+    with torch.no_grad():
+        other.interaction.decoder.head.bias += 2.0  # answers larger everywhere
+    other.save(str(tmp_path / "other.pt"))
+    res = main(["--weights", committed, committed, str(tmp_path / "other.pt"), "--sets", "ctval4", "--slices", "2",
+                "--rounds", "3", "--threads", "1"])
+    same, changed = res["ctval4"][1] - res["ctval4"][0], res["ctval4"][2] - res["ctval4"][0]
+    assert res["ctval4"][0].shape == (3, same.shape[1]) and same.shape[1] >= 20
+    assert np.all(same == 0) and np.abs(changed).max() > 0.05
+    assert res["ctval4"][0].min() >= 0 and res["ctval4"][0].max() <= 1
+    assert res["ctval4"][0][2].mean() > res["ctval4"][0][0].mean()
