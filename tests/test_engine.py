@@ -954,7 +954,7 @@ def test_a_deepened_module_answers_as_before_and_keeps_its_blocks_through_save_a
     prior = (torch.rand(2, 1, 64, 64) > 0.5).float()
     assert torch.equal(deep.interaction(x), net.interaction(x))
     assert torch.equal(deep.refiner(x, prior), net.refiner(x, prior))
-    deep.interaction.deeper[1][1].body[-1].weight.data += 0.5  # as if trained
+    deep.interaction.encoder.deeper[1][1].body[-1].weight.data += 0.5  # as if trained
     assert not torch.allclose(deep.interaction(x), net.interaction(x), atol=1e-3)
     deep.save(str(tmp_path / "w.pt"))
     loaded = LimNet.load(str(tmp_path / "w.pt"))

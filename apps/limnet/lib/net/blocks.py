@@ -31,7 +31,9 @@ class ConvBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A plain residual encoder returning features at strides 2, 4, 8 and 16 (a strided stem keeps it cheap)."""
+    """A plain residual encoder returning features at strides 2, 4, 8 and 16 (a strided stem keeps it cheap).
+
+    Each stage may be followed by blocks added later (`deepen`; none by default, so no weights)."""
 
     def __init__(self, cin: int, widths: tuple[int, ...]) -> None:
         super().__init__()
@@ -40,12 +42,26 @@ class Encoder(nn.Module):
             [ConvBlock(widths[0], widths[0], 1)]
             + [ConvBlock(widths[i - 1], widths[i], 2) for i in range(1, len(widths))]
         )
+        self.deeper = nn.ModuleList([nn.Sequential() for _ in widths])
+
+    def deepen(self, blocks: tuple[int, ...]) -> None:
+        """Add residual blocks after the stages up to `blocks[i]` after stage i, each started as the identity (its
+        last GroupNorm's scale and shift at zero, so it passes its non-negative input through): the encoder answers
+        exactly as before, and fine-tuning grows capacity from there."""
+        dev = next(self.parameters()).device
+        for stage, more, n in zip(self.stages, self.deeper, blocks):
+            width = stage.body[0].out_channels
+            while len(more) < n:
+                block = ConvBlock(width, width)
+                nn.init.zeros_(block.body[-1].weight)
+                nn.init.zeros_(block.body[-1].bias)
+                more.append(block.to(dev))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
         x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
+        for stage, more in zip(self.stages, self.deeper):
+            x = more(stage(x))
             feats.append(x)
         return feats
 

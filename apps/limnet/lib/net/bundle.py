@@ -44,8 +44,8 @@ class LimNet(nn.Module):
         for name in ("interaction", "refiner"):  # blocks added by `train.py --deepen`
             depth = [0, 0, 0, 0]
             for k in weights:
-                if k.startswith(f"{name}.deeper."):
-                    i, j = (int(v) for v in k.split(".")[2:4])
+                if k.startswith(f"{name}.encoder.deeper."):
+                    i, j = (int(v) for v in k.split(".")[3:5])
                     depth[i] = max(depth[i], j + 1)
             if any(depth):
                 getattr(net, name).deepen(tuple(depth))

@@ -44,32 +44,16 @@ class InteractionModule(nn.Module):
     @property
     def depth(self) -> tuple[int, ...]:
         """Residual blocks added after each encoder stage (`deepen`), finest first."""
-        return tuple(len(d) for d in self.deeper) if hasattr(self, "deeper") else (0, 0, 0, 0)
+        return tuple(len(more) for more in self.encoder.deeper)
 
     def deepen(self, blocks: tuple[int, ...]) -> None:
-        """Add `blocks[i]` residual blocks after encoder stage i, each started as the identity (its last GroupNorm's
-        scale and shift at zero, so it passes its non-negative input through): the trained module answers exactly as
-        before, and fine-tuning grows capacity from there. Already added blocks are kept; `blocks` is the total."""
-        widths = [stage.body[0].out_channels for stage in self.encoder.stages]
-        if not hasattr(self, "deeper"):
-            self.deeper = nn.ModuleList([nn.Sequential() for _ in widths])
-        dev = next(self.parameters()).device
-        for i, n in enumerate(blocks):
-            while len(self.deeper[i]) < n:
-                block = ConvBlock(widths[i], widths[i])
-                nn.init.zeros_(block.body[-1].weight)
-                nn.init.zeros_(block.body[-1].bias)
-                self.deeper[i].append(block.to(dev))
+        """`blocks[i]` residual blocks in all after encoder stage i (`Encoder.deepen`): the trained module answers
+        exactly as before, and a fine-tune grows its capacity from there (`train.py --deepen`)."""
+        self.encoder.deepen(blocks)
 
     def forward(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
         """`x`: B x 5 x H x W; `prior`: B x 1 x H x W, the last mask (read only with a mask input; zeros if None)."""
         if self.takes_mask:
             x = torch.cat([x, prior if prior is not None else x.new_zeros(x[:, :1].shape)], dim=1)
-        if hasattr(self, "deeper"):  # each stage's added blocks on the main path, before the next stage
-            feats, x = [], self.encoder.stem(x)
-            for stage, more in zip(self.encoder.stages, self.deeper):
-                x = more(stage(x))
-                feats.append(x)
-        else:
-            feats = self.encoder(x)
+        feats = self.encoder(x)
         return self.decoder(self.bottleneck(feats[3]), feats[:3])
