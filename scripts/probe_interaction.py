@@ -10,7 +10,8 @@ the training's 2D robot (`add_error_clicks`), the module answering afresh from a
 after clicks 1, 2, 3, 5 (and 10, 15), and against the first weights file the mean paired difference with a
 bootstrap interval over structures. `--train` adds the training sources (generated cases, MNI152 targets, TotalSegmentator
 organs, atlas structures) to tell a module that fits its data no better than unseen data (short of capacity or of
-information) from one that overfits. Seconds, not the minutes of a robot run: for weights, not for inference rules.
+information) from one that overfits. 1-4 minutes on two threads, not the half hour of robot runs: for weights, not for
+inference rules.
 Never run it on the held-out set.
 """
 
