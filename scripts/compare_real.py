@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
 from lib.data.evaluation import VALIDATION_SETS as SETS  # noqa: E402
-from lib.data.evaluation import regressions, validation_set, with_noise  # noqa: E402
+from lib.data.evaluation import bootstrap_interval, regressions, validation_set, with_noise  # noqa: E402
 
 
 def segmenter_kwargs(settings: dict) -> dict:
@@ -77,10 +77,9 @@ def paired(reference: dict[int, dict[str, list]], other: dict[int, dict[str, lis
     names = sorted(set.intersection(*(set(reference[s]) & set(other[s]) for s in draws)))
     diff = np.array([[np.mean(other[s][n]) - np.mean(reference[s][n]) for s in draws] for n in names])
     per_structure = diff.mean(axis=1)
-    rng = np.random.default_rng(seed)
-    boot = [rng.choice(per_structure, len(per_structure)).mean() for _ in range(2000)]
-    return {"mean": float(per_structure.mean()), "low": float(np.percentile(boot, 2.5)),
-            "high": float(np.percentile(boot, 97.5)), "per_draw": [float(d) for d in diff.mean(axis=0)],
+    low, high = bootstrap_interval(per_structure, np.random.default_rng(seed))
+    return {"mean": float(per_structure.mean()), "low": low, "high": high,
+            "per_draw": [float(d) for d in diff.mean(axis=0)],
             "structures": len(names), "draws": draws}
 
 

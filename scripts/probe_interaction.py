@@ -27,7 +27,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
-from lib.data.evaluation import VALIDATION_SETS, validation_set, with_noise  # noqa: E402
+from lib.data.evaluation import VALIDATION_SETS, bootstrap_interval, validation_set, with_noise  # noqa: E402
 from lib.engine.geometry import Box, box_window, crop_slices, neighbour_indices, normalize_intensity  # noqa: E402
 from lib.net.bundle import WORKING_SIZE, LimNet  # noqa: E402
 from lib.training.samplers import Case, add_error_clicks, deepest_point, interaction_inputs  # noqa: E402
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, list[np.ndarray]]:
             for r in (0, args.rounds - 1):  # the interval over structures: a structure's slices are alike
                 diff = d[r] - results[name][0][r]
                 by_case = np.array([diff[owner == i].mean() for i in np.unique(owner)])
-                means = [boot.choice(by_case, by_case.size).mean() for _ in range(1000)]
-                cells.append(f"{diff.mean():+.3f} [{np.percentile(means, 2.5):+.3f}, {np.percentile(means, 97.5):+.3f}]")
+                low, high = bootstrap_interval(by_case, boot, draws=1000)
+                cells.append(f"{diff.mean():+.3f} [{low:+.3f}, {high:+.3f}]")
             print(f"| {name} | {len(tasks)} | {os.path.basename(w)} | "
                   + " | ".join(f"{d[i].mean():.3f}" for i in shown) + f" | {cells[0]} | {cells[1]} |", flush=True)
     return results

@@ -55,6 +55,13 @@ def validation_set(name: str) -> list:
     raise ValueError(f"unknown validation set {name!r}; known: {list(VALIDATION_SETS)}")
 
 
+def bootstrap_interval(values: np.ndarray, rng: np.random.Generator, draws: int = 2000) -> tuple[float, float]:
+    """The 95% bootstrap interval of the mean of `values` (resampled with replacement `draws` times): how far a paired
+    difference over a few structures could move with other structures of the same kind."""
+    means = [rng.choice(values, len(values)).mean() for _ in range(draws)]
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def regressions(curve: list[float], tol: float = 0.01) -> int:
     return sum(1 for a, b in zip(curve[:-1], curve[1:]) if b < a - tol)
 
