@@ -1,6 +1,6 @@
 """Train LIM-Net's weights from scratch on the CPU: generated volumes, fixed seed, resumable.
 
-    .venv/bin/python scripts/train.py --stage all            # interaction, refiner, memory, then fusion
+    .venv/bin/python scripts/train.py --stage all            # interaction, refiner, memory, fusion, then ranker
     .venv/bin/python scripts/train.py --stage memory --steps-memory 3000
 
 Checkpoints go to --workdir (resumed automatically); the exported weights to --out.
@@ -26,9 +26,28 @@ from lib.training.samplers import BOX_SCALE, BoxScale  # noqa: E402
 from lib.training.stages import REFINER_PROB, REFINER_ROUNDS, train_interaction, train_memory  # noqa: E402
 
 
+def training_pool(args: argparse.Namespace, rank: int) -> CasePool:
+    """The generated cases and real training targets the network stages draw their batches from."""
+    import numpy as np
+
+    t = time.time()
+    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1 + 1000 * rank))
+    if args.totalseg:
+        from lib.data.totalseg import training_cases
+
+        extra += training_cases(np.random.default_rng(args.seed + 2 + 1000 * rank))
+    if args.atlas:
+        from lib.data.atlas_nuclei import training_cases as atlas_cases
+
+        extra += atlas_cases(np.random.default_rng(args.seed + 3 + 1000 * rank))
+    pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra, body_in_air=args.body_in_air)
+    logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
+    return pool
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["interaction", "refiner", "memory", "fusion", "all"], default="all")
+    p.add_argument("--stage", choices=["interaction", "refiner", "memory", "fusion", "ranker", "all"], default="all")
     p.add_argument("--steps-interaction", type=int, default=1500)
     p.add_argument("--steps-refiner", type=int, default=3000,
                    help="steps of the refiner (the interaction module that also reads the last round's mask)")
@@ -38,6 +57,8 @@ def main() -> None:
     p.add_argument("--refiner-rounds", type=int, default=REFINER_ROUNDS, help="up to this many correction rounds in such a batch")
     p.add_argument("--steps-memory", type=int, default=2500)
     p.add_argument("--steps-fusion", type=int, default=1500)
+    p.add_argument("--ranker-slices", type=int, default=500,
+                   help="training slices per source the reading ranker learns from (4 sources)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine schedule) of each stage")
     p.add_argument("--refine-prob", type=float, default=0.5,
                    help="share of interaction batches trained after simulated correction rounds")
@@ -94,20 +115,7 @@ def main() -> None:
     if os.path.exists(args.out):
         net = LimNet.load(args.out)
         logging.info("starting from %s", args.out)
-    t = time.time()
-    import numpy as np
-
-    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1 + 1000 * rank))
-    if args.totalseg:
-        from lib.data.totalseg import training_cases
-
-        extra += training_cases(np.random.default_rng(args.seed + 2 + 1000 * rank))
-    if args.atlas:
-        from lib.data.atlas_nuclei import training_cases as atlas_cases
-
-        extra += atlas_cases(np.random.default_rng(args.seed + 3 + 1000 * rank))
-    pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra, body_in_air=args.body_in_air)
-    logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
+    pool = None if args.stage == "ranker" else training_pool(args, rank)  # the ranker reads its own slices
     meta = {"seed": args.seed, "processes": world}
 
     def save() -> None:
@@ -150,6 +158,15 @@ def main() -> None:
 
         net.to("cpu")
         train_fusion(net, args.steps_fusion, os.path.join(args.workdir, "fusion.ckpt"), args.seed, cases=pool)
+        net.save(args.out, meta)
+    if args.stage in ("ranker", "all") and rank == 0:  # reads the interaction module's answers: after its stage
+        from lib.training.ranker_stage import train_ranker
+
+        net.to("cpu")
+        train_ranker(net, args.seed, args.ranker_slices)
+        if args.stage == "ranker" and os.path.exists(args.out):  # the other modules' provenance stays
+            meta = {**torch.load(args.out, map_location="cpu", weights_only=True).get("meta", {})}
+        meta["ranker"] = f"seed {args.seed}, {args.ranker_slices} slices per source"
         net.save(args.out, meta)
     logging.info("weights written to %s", args.out)
     if world > 1:

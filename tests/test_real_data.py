@@ -275,3 +275,23 @@ def test_a_click_on_a_missed_rim_of_a_nucleus_does_not_take_the_structure_around
         runs[gain] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 4, case.spacing)
         assert len(runs[gain].background) == 0
     assert runs[1.0].dice[-1] < 0.4 and runs[1.5].dice[-1] > 0.6, (runs[1.0].dice, runs[1.5].dice)
+
+
+@pytest.mark.parametrize("name", ["ctval_rib_left_4_4x", "brainval_caudate_right"])
+def test_a_whole_slice_answer_around_the_object_yields_to_the_ranked_reading(net, name):
+    """A click in a rib of the 128 x 128 CT, and in the right caudate of the 1 mm brain: the whole-slice pass answers
+    with tissue around the structure (the chest wall, the ventricles' rim), plausible in size, so the guard lets it
+    through (Dice 0.06 and 0.01 after the first click). The reading ranker (`ranked_first`) prefers a reading in a
+    smaller box, the structure (0.81 and 0.59)."""
+    from lib.data.brainval import validation_cases as brain_cases
+    from lib.data.robot import run_robot
+    from lib.engine.segmenter import LimNetSegmenter
+
+    cases = validation_cases(shrink=4) if name.startswith("ctval") else brain_cases(shrink=2)
+    case = {c.name: c for c in cases}[name]
+    dice = {}
+    for ranked in (0.8, None):
+        seg = LimNetSegmenter(net, "cpu", use_fusion=False, ranked_first=ranked)
+        state = seg.new_state(case.image)
+        dice[ranked] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label > 0, 1, case.spacing).dice[0]
+    assert net.ranker is not None and dice[None] < 0.1 and dice[0.8] > 0.5, dice

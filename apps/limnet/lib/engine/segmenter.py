@@ -96,7 +96,7 @@ class LimNetSegmenter:
                  larger_not_around: bool = True, denoise: float | None = 2.0, denoise_above: float = 0.0,
                  denoise_ct_floor: float | None = 0.009, negative_keep_under: int | None = 0,
                  keep_under_clicked: bool = True, wider_adds: int = 3, wider_gain: float = 1.5,
-                 wider_alike: bool = True) -> None:
+                 wider_alike: bool = True, ranked_first: float | None = 0.8) -> None:
         """`box_search`: how a first click finds its object: "full" (one pass over the whole slice), "search"
         (small to large boxes, `_object_reading`) or "guarded" (the full-slice pass, checked by the search when it
         answers with most of the slice or nothing); `local_window`: show the network each box through its own
@@ -311,7 +311,11 @@ class LimNetSegmenter:
         to +0.010 with the slice user, drops 31 -> 31 and 55 -> 53; generated, 216 cases, 5 clicks: +0.009 [+0.003,
         +0.016], drops 27 -> 27; slice user +0.006 [+0.002, +0.012], drops 29 -> 29. A gain of 1.0 took the
         lentiform nucleus for a click on a pallidum's missed rim (distinctness 1.95 -> 2.29; Dice 0.72 -> 0.25): the
-        brain sets lost 0.035-0.052 at the 8th click."""
+        brain sets lost 0.035-0.052 at the 8th click. `ranked_first`: where the guard accepts a first click's
+        whole-slice answer on a slice under CT size, the net's reading ranker (`LimNet.ranker`, `train.py --stage
+        ranker`) compares the click's readings in pairs, and the one that wins most comparisons replaces that answer if
+        it beats it with a probability above this (`_ranked_reading`; None, or weights without a ranker: off)."""
+        self.ranked_first = ranked_first
         self.denoise, self.denoise_above, self.denoise_ct_floor = denoise, denoise_above, denoise_ct_floor
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
@@ -834,7 +838,25 @@ class LimNetSegmenter:
             found, trusted = self._object_reading(image, k, pos, neg, with_trust=True)
             if trusted and self._inner_structure(image[:, :, k], full.mask, found.mask, self.inner_pick):
                 return found
+        if full is not None and not reduced:
+            return self._ranked_reading(image, k, pos, neg, full) or full
         return full
+
+    def _ranked_reading(self, image: np.ndarray, k: int, pos: list, neg: list, full: Reading) -> Reading | None:
+        """The reading the net's ranker prefers to the accepted whole-slice answer `full` (`ranked_first`), or None.
+
+        The guard lets through a whole-slice answer that is plausible in size but holds the tissue around the object
+        (a rib's click answered with the chest wall, a caudate's with the ventricles around it). Among the readings
+        of the clicks, the ranker's winner of the pairwise comparisons is taken where it beats the last reading (the
+        largest box's) with probability above `ranked_first`. On the validation first clicks where the guard let the
+        whole-slice answer through it found a better reading (slice Dice 0.07-0.36 -> 0.49-0.91, design log
+        2026-12-07 morning); slices of CT size (`first_pick`) keep their rules: it was not validated there."""
+        h, w = image.shape[:2]
+        if self.ranked_first is None or self.net.ranker is None or self._picks_distinct(h, w):
+            return None
+        readings = self._readings(image, k, pos, neg, full=full)
+        best, p = self.net.ranker.choose(readings)
+        return readings[best][0] if best < len(readings) - 1 and p > self.ranked_first else None
 
     @staticmethod
     def _inner_structure(image: np.ndarray, outer: np.ndarray, inner: np.ndarray, contrast: float) -> bool:

@@ -12,6 +12,7 @@ from torch import nn
 from .fusion import SliceScorer
 from .interaction import InteractionModule
 from .memory import MemoryModel
+from .ranker import ReadingRanker
 
 WORKING_SIZE = 128  # in-plane side of every crop the networks see
 
@@ -23,6 +24,7 @@ class LimNet(nn.Module):
         self.memory = MemoryModel()
         self.scorer = SliceScorer()
         self.refiner: InteractionModule | None = None
+        self.ranker: ReadingRanker | None = None  # trained by `train.py --stage ranker`
 
     def add_refiner(self) -> None:
         """A second interaction module that also reads the last round's mask on the slice (`add_mask_input`),
@@ -36,11 +38,13 @@ class LimNet(nn.Module):
     def load(cls, path: str, device: str | torch.device = "cpu") -> "LimNet":
         net = cls()
         state = torch.load(path, map_location="cpu", weights_only=True)
-        weights = {k: v.float() for k, v in state["state_dict"].items()}
+        weights = {k: v.float() if v.dtype == torch.float16 else v for k, v in state["state_dict"].items()}
         if any(k.startswith("memory.deep_update.") for k in weights):  # trained with `train.py --deep-update`
             net.memory.add_deep_update()
         if any(k.startswith("refiner.") for k in weights):  # trained with `train.py --stage refiner`
             net.add_refiner()
+        if "ranker.root" in weights:  # trained with `train.py --stage ranker`
+            net.ranker = ReadingRanker(weights["ranker.feature"].numel(), weights["ranker.root"].numel())
         for name in ("interaction", "refiner"):  # blocks added by `train.py --deepen`
             depth = [0, 0, 0, 0]
             for k in weights:
@@ -53,8 +57,9 @@ class LimNet(nn.Module):
         return net.to(device).eval()
 
     def save(self, path: str, meta: dict | None = None) -> None:
-        """Write atomically (temp file + rename): a reader never sees half a file. Stored in fp16 to stay small."""
-        state = {"state_dict": {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
+        """Write atomically (temp file + rename): a reader never sees half a file. Weights stored in fp16 to stay
+        small; float64 tensors (the reading ranker's thresholds and leaf values) as they are."""
+        state = {"state_dict": {k: v.detach().cpu().half() if v.dtype == torch.float32 else v.cpu()
                                 for k, v in self.state_dict().items()}, "meta": meta or {}}
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
