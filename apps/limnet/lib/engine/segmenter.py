@@ -317,8 +317,8 @@ class LimNetSegmenter:
         it beats it with a probability above this (`_ranked_reading`; None, the default, or weights without a ranker:
         off). Tried at 0.8 (2026-12-07 morning): the 128 x 128 CT and 1 mm brain validation sets gained (+0.034 and
         +0.008 over 8 clicks), generated level, but a click in a large structure on a small slice got a piece of it
-        (the OHIF test's click in the white matter: Dice 0.19, its bar 0.45; held-out, reported: the MNI152 cerebellum's first click 0.76
-        -> 0.16): off until it tells a patch of a large structure from a small one."""
+        (the OHIF test's click in the white matter: Dice 0.19, its bar 0.45; held-out, reported: the MNI152
+        cerebellum's first click 0.76 -> 0.16): off until it tells a patch of a large structure from a small one."""
         self.ranked_first = ranked_first
         self.denoise, self.denoise_above, self.denoise_ct_floor = denoise, denoise_above, denoise_ct_floor
         self.positive_union, self.negative_subset = positive_union, negative_subset
