@@ -2,10 +2,13 @@
 
 A first click is read in boxes from small to the whole slice (the segmenter's `_readings`); the interaction module
 answers each box with an object of about the box's scale, so the readings are nested views of one another, and the
-whole-slice answer is often the tissue around the object (a rib's click answered with the chest wall). Scored one
-at a time, no learnt scorer carried over from the training slices to the validation sets (design log, 2026-12-07);
-compared in pairs, by the differences of six numbers that do not depend on the slice's size, it did. The trees are
-stored in the weights file as buffers (thresholds in float64, kept exact by `LimNet.save`) and evaluated in numpy.
+whole-slice answer may be a region many times the object around it (a rib's click on a 128 x 128 CT answered with
+1,099 pixels). Scored one at a time, no learnt scorer carried over from the training slices to the validation sets
+(design log, 2026-12-07); compared in pairs, by the differences of six numbers that do not depend on the slice's
+size, it found the object where the guard had accepted such a whole-slice answer, and also took a piece of a large
+structure for the structure, so the segmenter uses it only when asked (`ranked_first`, off by default). The trees
+are stored in the weights file as buffers (thresholds in float64, kept exact by `LimNet.save`) and evaluated in
+numpy.
 """
 
 from __future__ import annotations
