@@ -119,7 +119,8 @@ class ReadingRanker(nn.Module):
             return n - 1, 0.0
         x = reading_features(readings)
         p, q = np.nonzero(~np.eye(n, dtype=bool))
+        beats = self.beats(x[p], x[q])
         wins = np.zeros(n)
-        np.add.at(wins, p, self.beats(x[p], x[q]))
+        np.add.at(wins, p, beats)
         best = int(np.argmax(wins))
-        return best, (0.0 if best == n - 1 else float(self.beats(x[best], x[n - 1])[0]))
+        return best, (0.0 if best == n - 1 else float(beats[(p == best) & (q == n - 1)][0]))
