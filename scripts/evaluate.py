@@ -16,7 +16,8 @@ putamen, pallidum, each side, at 1 mm and the left ones on 3 mm slices) of deepm
 IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a nucleus means the nucleus.
 `--set brainval2`: the same nuclei, both sides, on the template block-averaged to 2 mm isotropic. `--set
 brainval256`: those of `brainval` on slices padded with air to 256 x 256 (a 256 mm field of view at 1 mm, which
-the server treats as CT-sized). `--user slice`: a robot user who, as in Slicer or OHIF, corrects the slice of
+the server treats as CT-sized). `--set brainlarge`: large structures of the same template (cerebral white matter,
+cerebellum, brainstem, lateral ventricles) at 2 mm and on 5 mm slices: a click in one means all of it. `--user slice`: a robot user who, as in Slicer or OHIF, corrects the slice of
 its first click (the deepest pixel of the largest 2D error there) until that slice's Dice reaches 0.9, then
 clicks as the challenge's robot. `--noise 2 --noise-blur 0.8 --noise-seed 7`: each image with Gaussian noise of 2% of
 its intensity range added, blurred 0.8 pixels in-plane as a CT's is (`with_noise`; a probe of noisier scans, compared
@@ -65,7 +66,7 @@ def main() -> None:
                    help="held-out volumes (the benchmark), or for choices the real-CT validation series (ctval; ctval4: "
                         "block-averaged to 128 x 128) or "
                         "the deep grey nuclei of a brain MR template (brainval; brainval2: at 2 mm; brainval256: "
-                        "at 1 mm on 256 x 256 slices, a scanner's field of view)")
+                        "at 1 mm on 256 x 256 slices, a scanner's field of view; brainlarge: its large structures)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     p.add_argument("--weights", default="")
     p.add_argument("--no-baseline", action="store_true")

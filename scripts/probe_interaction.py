@@ -1,6 +1,6 @@
 """The 2D interaction module alone, on crops as training cuts them: several weights files paired on the same slices.
 
-    .venv/bin/python scripts/probe_interaction.py --weights A.pt B.pt            # the five real validation sets
+    .venv/bin/python scripts/probe_interaction.py --weights A.pt B.pt            # the real validation sets
     .venv/bin/python scripts/probe_interaction.py --weights A.pt --train --rounds 15
     .venv/bin/python scripts/probe_interaction.py --weights A.pt B.pt --noise 3   # 3% noise on the volumes
 

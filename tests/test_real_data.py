@@ -70,6 +70,30 @@ def test_brain_validation_at_2_mm_holds_the_same_nuclei_an_eighth_the_voxels():
         assert 5 < ratio < 12, (name, ratio)  # one largest component, block-shrunk 2x in each direction
 
 
+def test_large_brain_structures_lie_on_their_tissue_and_span_the_brain():
+    """`--set brainlarge`: white matter bright on T1 and spanning most of the brain's width, the ventricles dark,
+    the cerebellum below the cerebrum; at 2 mm and on 5 mm slices of the same template (the left ventricle only)."""
+    from lib.data.brainval import large_cases
+
+    cases = {c.name: c for c in large_cases()}
+    assert sorted(cases) == sorted([f"brainval_{n}_{r}" for r in ("2mm", "5mm") for n in (
+        "white_matter", "cerebellum", "brainstem", "lateral_ventricle_left")] + ["brainval_lateral_ventricle_right_2mm"])
+    for res in ("2mm", "5mm"):
+        wm, vent = cases[f"brainval_white_matter_{res}"], cases[f"brainval_lateral_ventricle_left_{res}"]
+        brain = np.median(wm.image[wm.image > 0.1 * wm.image.max()])
+        assert np.median(wm.image[wm.label > 0]) > brain > np.median(vent.image[vent.label > 0]), res
+        # the white matter of both hemispheres: across most of the brain's left-right extent
+        xs = np.flatnonzero(wm.label.any((1, 2)))
+        head = np.flatnonzero((wm.image > 0.1 * wm.image.max()).any((1, 2)))
+        assert xs[-1] - xs[0] > 0.6 * (head[-1] - head[0]), res
+        # the cerebellum lies below (inferior, lower k) the white matter's centre
+        cer = cases[f"brainval_cerebellum_{res}"]
+        assert np.argwhere(cer.label)[:, 2].mean() < np.argwhere(wm.label)[:, 2].mean(), res
+    assert cases["brainval_white_matter_5mm"].spacing == (1.0, 1.0, 5.0)
+    ratio = cases["brainval_cerebellum_5mm"].label.sum() * 5 / (cases["brainval_cerebellum_2mm"].label.sum() * 8)
+    assert 0.8 < ratio < 1.25, ratio  # the same structure: 1 x 1 x 5 mm voxels against 2 x 2 x 2 mm
+
+
 def test_brain_validation_in_a_256_field_of_view_is_the_same_brain_padded_with_air():
     from lib.data.brainval import validation_cases as brain_cases
 

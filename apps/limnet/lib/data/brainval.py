@@ -20,6 +20,11 @@ DEEPMRIPREP = "deepmriprep==0.3.0"
 _FILES = {"Template_05mm_bet.nii.gz": "t1.nii.gz", "ibsr.nii.gz": "ibsr.nii.gz"}
 # aseg ids: left, right
 NUCLEI = {"thalamus": (10, 49), "caudate": (11, 50), "putamen": (12, 51), "pallidum": (13, 52)}
+# large structures, (left ids, right ids) or (ids,) where the image draws no line between the sides (the white
+# matter runs on through the corpus callosum, the cerebellum's halves and its white matter and cortex are one
+# structure to a click): a click in one means all of it, not a piece
+LARGE = {"white_matter": ((2, 41),), "cerebellum": ((7, 8, 46, 47),), "brainstem": ((16,),),
+         "lateral_ventricle": ((4,), (43,))}
 
 
 def cache_dir() -> str:
@@ -36,12 +41,13 @@ def fetch(folder: str | None = None) -> str:
 
 
 def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2,
-                     fov: int | None = None) -> list[RealCase]:
+                     fov: int | None = None, structures: dict | None = None) -> list[RealCase]:
     """Left and right thalamus, caudate, putamen and pallidum on the template at 1 mm (block-averaged from 0.5 mm),
     and the left ones again on `thick` mm slices (partial volume). `shrink` 4: at 2 mm isotropic instead (names
     end in "_2mm", no thick slices), as a 2 mm brain MR shows them: a pallidum a few pixels across. `fov`: slices
     padded with air to fov x fov pixels (names end in "_fov<fov>"), as a scanner's 256 mm field of view at 1 mm
-    shows the (skull-stripped) template: the same brain on a slice the interaction module sees reduced 2x."""
+    shows the (skull-stripped) template: the same brain on a slice the interaction module sees reduced 2x.
+    `structures`: name -> (left ids, right ids) instead of the nuclei (`LARGE`, `large_cases`)."""
     import SimpleITK as sitk
 
     folder = fetch(folder)
@@ -59,14 +65,27 @@ def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2,
         affine = affine.copy()
         affine[:3, 3] -= affine[:3, :3] @ np.array([pad[0][0], pad[1][0], 0], dtype=np.float64)
     cases = []
-    for name, ids in NUCLEI.items():
-        for side, v in zip(("left", "right"), ids):
-            mask = _largest(labels == v).astype(np.uint8)
-            cases.append(RealCase(f"brainval_{name}_{side}{suffix}{wide}", image, mask, spacing, affine, "MR"))
-            if side == "left" and thick > 1 and shrink == 2:
+    for name, ids in (structures or NUCLEI).items():
+        for side, v in zip(("_left", "_right") if len(ids) == 2 else ("",), ids):
+            mask = _largest(np.isin(labels, v)).astype(np.uint8)
+            cases.append(RealCase(f"brainval_{name}{side}{suffix}{wide}", image, mask, spacing, affine, "MR"))
+            if side != "_right" and thick > 1 and shrink == 2:
                 ti, tl = thick_slices(image, mask, thick)
                 aff = affine.copy()
                 aff[:3, 2] *= thick
-                cases.append(RealCase(f"brainval_{name}_{side}_{thick}mm{wide}", ti, tl, (*spacing[:2], spacing[2] * thick),
+                cases.append(RealCase(f"brainval_{name}{side}_{thick}mm{wide}", ti, tl, (*spacing[:2], spacing[2] * thick),
                                       aff, "MR"))
     return cases
+
+
+def large_cases(folder: str | None = None) -> list[RealCase]:
+    """Large brain structures of the same template (`LARGE`: cerebral white matter, cerebellum, brainstem, lateral
+    ventricles): at 2 mm isotropic (names end in "_2mm"), and at 1 mm on 5 mm slices, as an MR series of thick
+    slices shows them (names end in "_5mm"; of the ventricles the left one).
+
+    Why: a first-click rule that prefers a small reading with an edge (the reading ranker, `ranked_first`) can take
+    a piece of a large structure for the structure on a small slice; the nuclei and the CT series hold no large
+    structure on a small slice whose whole-slice answer the guard accepts (design log, 2026-12-07)."""
+    thin = validation_cases(folder, thick=1, shrink=4, structures=LARGE)
+    thick = [c for c in validation_cases(folder, thick=5, shrink=2, structures=LARGE) if c.name.endswith("_5mm")]
+    return thin + thick

@@ -37,13 +37,13 @@ def with_noise(image: np.ndarray, percent: float, seed: int, blur: float = 0.0) 
     return (image + percent / 100 * (hi - lo) * noise).astype(np.float32)
 
 
-VALIDATION_SETS = ("ctval", "ctval4", "brainval", "brainval2", "brainval256")
+VALIDATION_SETS = ("ctval", "ctval4", "brainval", "brainval2", "brainval256", "brainlarge")
 
 
 def validation_set(name: str) -> list:
     """The real validation cases choices are made on (never the held-out ones): the real-CT series (`ctval`; at
     128 x 128, `ctval4`) or the deep grey nuclei of the brain template (`brainval`; at 2 mm, `brainval2`; on 256 x 256
-    slices, `brainval256`)."""
+    slices, `brainval256`), or its large structures (`brainlarge`: white matter, lateral ventricle, cerebellum)."""
     if name in ("ctval", "ctval4"):
         from .totalseg import validation_cases
 
@@ -52,6 +52,10 @@ def validation_set(name: str) -> list:
         from .brainval import validation_cases
 
         return validation_cases(shrink=4 if name == "brainval2" else 2, fov=256 if name == "brainval256" else None)
+    if name == "brainlarge":
+        from .brainval import large_cases
+
+        return large_cases()
     raise ValueError(f"unknown validation set {name!r}; known: {list(VALIDATION_SETS)}")
 
 
