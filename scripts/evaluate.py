@@ -17,11 +17,11 @@ IBSR atlas (fetched once with pip into ~/.cache/limnet/brainval): a click in a n
 `--set brainval2`: the same nuclei, both sides, on the template block-averaged to 2 mm isotropic. `--set
 brainval256`: those of `brainval` on slices padded with air to 256 x 256 (a 256 mm field of view at 1 mm, which
 the server treats as CT-sized). `--set brainlarge`: large structures of the same template (cerebral white matter,
-cerebellum, brainstem, lateral ventricles) at 2 mm and on 5 mm slices: a click in one means all of it. `--user slice`: a robot user who, as in Slicer or OHIF, corrects the slice of
-its first click (the deepest pixel of the largest 2D error there) until that slice's Dice reaches 0.9, then
-clicks as the challenge's robot. `--noise 2 --noise-blur 0.8 --noise-seed 7`: each image with Gaussian noise of 2% of
-its intensity range added, blurred 0.8 pixels in-plane as a CT's is (`with_noise`; a probe of noisier scans, compared
-against the clean run's Dice):
+cerebellum, brainstem, lateral ventricles) at 2 mm and on 5 mm slices: a click in one means all of it.
+`--user slice`: a robot user who, as in Slicer or OHIF, corrects the slice of its first click (the deepest pixel of
+the largest 2D error there) until that slice's Dice reaches 0.9, then clicks as the challenge's robot. `--noise 2
+--noise-blur 0.8 --noise-seed 7`: each image with Gaussian noise of 2% of its intensity range added, blurred 0.8
+pixels in-plane as a CT's is (`with_noise`; a probe of noisier scans, compared against the clean run's Dice):
 
     .venv/bin/python scripts/evaluate.py --set ctval --rounds 6 --no-baseline --threads 1 --noise 2 --noise-blur 0.8
 """
