@@ -288,6 +288,21 @@ def test_a_round_leaves_slices_nearer_to_earlier_clicks_alone() -> None:
     assert LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20), (1, 1, 10)], []) == list(range(16, 30))
 
 
+def test_only_a_positive_round_that_finds_more_reaches_past_its_stretch(net) -> None:
+    """`positive_global`: positive clicks alone, one on a voxel the last mask missed, re-propagate every slice (no
+    settled slices); a positive click inside the mask, a negative or a mixed round stays local."""
+    from lib.engine.state import InteractionState
+
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    state = InteractionState(image=np.zeros((8, 8, 30), np.float32), foreground=[(1, 1, 10)])
+    state.mask = np.zeros((8, 8, 30), bool)
+    state.mask[:4, :, :] = True
+    assert seg._finds_more(state, [(1, 1, 10), (6, 6, 20)], [])  # missed voxel
+    assert not seg._finds_more(state, [(1, 1, 10), (2, 2, 20)], [])  # already in the mask
+    assert not seg._finds_more(state, [(1, 1, 10)], [(6, 6, 20)])  # negative
+    assert not seg._finds_more(state, [(1, 1, 10), (6, 6, 20)], [(7, 7, 25)])  # mixed
+
+
 def test_a_later_click_propagates_only_its_own_stretch(net) -> None:
     """With local rounds a click on slice 20 after one on slice 10 leaves slices 0-14 exactly as they were and
     keeps the mask inside its tracked region, in the Fortran order the NRRD writer sends."""
