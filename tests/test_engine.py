@@ -288,12 +288,12 @@ def test_a_round_leaves_slices_nearer_to_earlier_clicks_alone() -> None:
     assert LimNetSegmenter._settled_slices(state, [(1, 1, 10), (2, 2, 20), (1, 1, 10)], []) == list(range(16, 30))
 
 
-def test_only_a_positive_round_that_finds_more_reaches_past_its_stretch(net) -> None:
+def test_only_a_positive_round_that_finds_more_reaches_past_its_stretch() -> None:
     """`positive_global`: positive clicks alone, one on a voxel the last mask missed, re-propagate every slice (no
     settled slices); a positive click inside the mask, a negative or a mixed round stays local."""
     from lib.engine.state import InteractionState
 
-    seg = LimNetSegmenter(net, "cpu", use_fusion=False)
+    seg = LimNetSegmenter
     state = InteractionState(image=np.zeros((8, 8, 30), np.float32), foreground=[(1, 1, 10)])
     state.mask = np.zeros((8, 8, 30), bool)
     state.mask[:4, :, :] = True

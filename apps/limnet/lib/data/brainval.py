@@ -47,7 +47,8 @@ def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2,
     end in "_2mm", no thick slices), as a 2 mm brain MR shows them: a pallidum a few pixels across. `fov`: slices
     padded with air to fov x fov pixels (names end in "_fov<fov>"), as a scanner's 256 mm field of view at 1 mm
     shows the (skull-stripped) template: the same brain on a slice the interaction module sees reduced 2x.
-    `structures`: name -> (left ids, right ids) instead of the nuclei (`LARGE`, `large_cases`)."""
+    `structures`: name -> (left ids, right ids), or (ids,) for one structure across the midline, instead of the
+    nuclei (`LARGE`, `large_cases`)."""
     import SimpleITK as sitk
 
     folder = fetch(folder)

@@ -43,7 +43,8 @@ VALIDATION_SETS = ("ctval", "ctval4", "brainval", "brainval2", "brainval256", "b
 def validation_set(name: str) -> list:
     """The real validation cases choices are made on (never the held-out ones): the real-CT series (`ctval`; at
     128 x 128, `ctval4`) or the deep grey nuclei of the brain template (`brainval`; at 2 mm, `brainval2`; on 256 x 256
-    slices, `brainval256`), or its large structures (`brainlarge`: white matter, lateral ventricle, cerebellum)."""
+    slices, `brainval256`), or its large structures (`brainlarge`: white matter, cerebellum, brainstem,
+    lateral ventricles)."""
     if name in ("ctval", "ctval4"):
         from .totalseg import validation_cases
 

@@ -111,8 +111,8 @@ class LimNetSegmenter:
         the six real sets (1 mm nuclei +0.027 [+0.008, +0.051], real CT +0.011 [+0.003, +0.023], 2 mm nuclei -0.001),
         the slice user -0.003 to +0.000; generated, 216 cases, 5 clicks: +0.007 [+0.004, +0.010], Dice@5 0.822 ->
         0.828, slice user +0.001 [-0.001, +0.002]; drops 211 -> 235 of 1,988 real steps, 56 -> 63 of 1,728
-        generated. Such a round costs more: on the speed benchmark's r120 phantom (240 voxels across) 0.78 s against 0.50 s in
-        process (its own clicks fall inside the mask and stay local); `negative_geodesic`:
+        generated. Such a round costs more: on the speed benchmark's r120 phantom (240 voxels across) 0.78 s
+        against 0.50 s in process (its own clicks fall inside the mask and stay local); `negative_geodesic`:
         on a slice with positive and negative clicks, the interaction module's answer loses the parts that lie
         geodesically nearer a negative click and hold one (`negative_claim`, its edge weight; 0: off);
         `positive_adds`: a slice with only positive clicks keeps the last round's mask there and adds what the
@@ -1293,10 +1293,11 @@ class LimNetSegmenter:
                 changed.add(int(k))
         return changed
 
-    def _finds_more(self, state: InteractionState, foreground: list[Click], background: list[Click]) -> bool:
+    @staticmethod
+    def _finds_more(state: InteractionState, foreground: list[Click], background: list[Click]) -> bool:
         """Whether a round is positive clicks alone, one of them on a voxel the last round's mask missed: object
         found where the result did not reach, which may go on past the slices nearer to the click."""
-        if self._direction(state, foreground, background) <= 0:
+        if LimNetSegmenter._direction(state, foreground, background) <= 0:
             return False
         return any(not state.mask[int(x), int(y), int(k)] for x, y, k in foreground[len(state.foreground):])
 
