@@ -19,27 +19,17 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
-from lib.data.real_targets import mni_training_cases  # noqa: E402
 from lib.net.bundle import LimNet  # noqa: E402
-from lib.training.pool import CasePool  # noqa: E402
+from lib.training.pool import CasePool, real_targets  # noqa: E402
 from lib.training.samplers import BOX_SCALE, BoxScale  # noqa: E402
 from lib.training.stages import REFINER_PROB, REFINER_ROUNDS, train_interaction, train_memory  # noqa: E402
 
 
 def training_pool(args: argparse.Namespace, rank: int) -> CasePool:
     """The generated cases and real training targets the network stages draw their batches from."""
-    import numpy as np
-
     t = time.time()
-    extra = [] if args.no_real else mni_training_cases(np.random.default_rng(args.seed + 1 + 1000 * rank))
-    if args.totalseg:
-        from lib.data.totalseg import training_cases
-
-        extra += training_cases(np.random.default_rng(args.seed + 2 + 1000 * rank))
-    if args.atlas:
-        from lib.data.atlas_nuclei import training_cases as atlas_cases
-
-        extra += atlas_cases(np.random.default_rng(args.seed + 3 + 1000 * rank))
+    sources = real_targets(args.seed + 1000 * rank, mni=not args.no_real, totalseg=args.totalseg, atlas=args.atlas)
+    extra = [case for cases in sources.values() for case in cases]
     pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra, body_in_air=args.body_in_air)
     logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
     return pool

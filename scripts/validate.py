@@ -40,6 +40,8 @@ VARIANTS = {
     "guarded+window-split": dict(box_search="guarded", local_window=True, split_leaks=False),
     "guarded+window-local": dict(box_search="guarded", local_window=True, local_rounds=False),
     "guarded+window-posglobal": dict(box_search="guarded", local_window=True, positive_global=False),
+    "guarded+window-ext0": dict(box_search="guarded", local_window=True, extend_slices=0),
+    "guarded+window-ext1": dict(box_search="guarded", local_window=True, extend_slices=1),
     "guarded+window+mrf": dict(box_search="guarded", local_window=True, use_fusion=True),
     "guarded+window-geo": dict(box_search="guarded", local_window=True, negative_geodesic=0.0),
     "guarded+window-adds": dict(box_search="guarded", local_window=True, positive_adds=False),

@@ -41,14 +41,15 @@ def fetch(folder: str | None = None) -> str:
 
 
 def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2,
-                     fov: int | None = None, structures: dict | None = None) -> list[RealCase]:
+                     fov: int | None = None, structures: dict | None = None,
+                     thin: bool = True) -> list[RealCase]:
     """Left and right thalamus, caudate, putamen and pallidum on the template at 1 mm (block-averaged from 0.5 mm),
     and the left ones again on `thick` mm slices (partial volume). `shrink` 4: at 2 mm isotropic instead (names
     end in "_2mm", no thick slices), as a 2 mm brain MR shows them: a pallidum a few pixels across. `fov`: slices
     padded with air to fov x fov pixels (names end in "_fov<fov>"), as a scanner's 256 mm field of view at 1 mm
     shows the (skull-stripped) template: the same brain on a slice the interaction module sees reduced 2x.
     `structures`: name -> (left ids, right ids), or (ids,) for one structure across the midline, instead of the
-    nuclei (`LARGE`, `large_cases`)."""
+    nuclei (`LARGE`, `large_cases`). `thin` False: only the thick-slice copies."""
     import SimpleITK as sitk
 
     folder = fetch(folder)
@@ -69,7 +70,8 @@ def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2,
     for name, ids in (structures or NUCLEI).items():
         for side, v in zip(("_left", "_right") if len(ids) == 2 else ("",), ids):
             mask = _largest(np.isin(labels, v)).astype(np.uint8)
-            cases.append(RealCase(f"brainval_{name}{side}{suffix}{wide}", image, mask, spacing, affine, "MR"))
+            if thin:
+                cases.append(RealCase(f"brainval_{name}{side}{suffix}{wide}", image, mask, spacing, affine, "MR"))
             if side != "_right" and thick > 1 and shrink == 2:
                 ti, tl = thick_slices(image, mask, thick)
                 aff = affine.copy()
@@ -88,5 +90,4 @@ def large_cases(folder: str | None = None) -> list[RealCase]:
     a piece of a large structure for the structure on a small slice; the nuclei and the CT series hold no large
     structure on a small slice whose whole-slice answer the guard accepts (design log, 2026-12-07)."""
     thin = validation_cases(folder, thick=1, shrink=4, structures=LARGE)
-    thick = [c for c in validation_cases(folder, thick=5, shrink=2, structures=LARGE) if c.name.endswith("_5mm")]
-    return thin + thick
+    return thin + validation_cases(folder, thick=5, shrink=2, structures=LARGE, thin=False)

@@ -15,6 +15,26 @@ def synthetic_case(rng: np.random.Generator, body_in_air: float = 0.0) -> Case:
     return Case(normalize_intensity(c.image), c.label)
 
 
+def real_targets(seed: int, mni: bool = True, totalseg: bool = True, atlas: bool = True) -> dict[str, list[Case]]:
+    """The real training targets by source: the MNI152 templates' structures, the TotalSegmentator training organs and
+    the atlas nuclei (never a validation or held-out case), each source drawn with its own seed (`seed` + 1, 2, 3), so
+    that every stage that reads them sees the same cases."""
+    sources: dict[str, list[Case]] = {}
+    if mni:
+        from lib.data.real_targets import mni_training_cases
+
+        sources["mni"] = mni_training_cases(np.random.default_rng(seed + 1))
+    if totalseg:
+        from lib.data.totalseg import training_cases
+
+        sources["totalseg"] = training_cases(np.random.default_rng(seed + 2))
+    if atlas:
+        from lib.data.atlas_nuclei import training_cases as atlas_cases
+
+        sources["atlas"] = atlas_cases(np.random.default_rng(seed + 3))
+    return sources
+
+
 class CasePool:
     """Keeps `size` cases and replaces `refresh` of them every `every` calls."""
 

@@ -15,7 +15,7 @@ from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
 from lib.net.ranker import ReadingRanker, reading_features
 
-from .pool import synthetic_case
+from .pool import real_targets, synthetic_case
 from .samplers import Case, deepest_point
 
 logger = logging.getLogger(__name__)
@@ -26,14 +26,8 @@ MARGIN = 0.05  # pairs of readings whose Dice differ by less say nothing about w
 def ranker_sources(seed: int = 0, generated: int = 60) -> dict[str, list[Case]]:
     """The training sources the slices are drawn from: generated volumes (their own seeds), the MNI152 training
     targets, the TotalSegmentator training organs and the atlas nuclei (never the validation or held-out cases)."""
-    from lib.data.atlas_nuclei import training_cases as atlas_cases
-    from lib.data.real_targets import mni_training_cases
-    from lib.data.totalseg import training_cases as totalseg_cases
-
     return {"generated": [synthetic_case(np.random.default_rng(100_000 * seed + 5000 + i)) for i in range(generated)],
-            "mni": mni_training_cases(np.random.default_rng(seed + 1)),
-            "totalseg": totalseg_cases(np.random.default_rng(seed + 2)),
-            "atlas": atlas_cases(np.random.default_rng(seed + 3))}
+            **real_targets(seed)}
 
 
 def ranker_slices(net: LimNet, sources: dict[str, list[Case]], per_source: int = 500,
