@@ -69,10 +69,13 @@ def validation_cases(folder: str | None = None, thick: int = 3, shrink: int = 2,
     cases = []
     for name, ids in (structures or NUCLEI).items():
         for side, v in zip(("_left", "_right") if len(ids) == 2 else ("",), ids):
+            thick_copy = side != "_right" and thick > 1 and shrink == 2
+            if not (thin or thick_copy):
+                continue
             mask = _largest(np.isin(labels, v)).astype(np.uint8)
             if thin:
                 cases.append(RealCase(f"brainval_{name}{side}{suffix}{wide}", image, mask, spacing, affine, "MR"))
-            if side != "_right" and thick > 1 and shrink == 2:
+            if thick_copy:
                 ti, tl = thick_slices(image, mask, thick)
                 aff = affine.copy()
                 aff[:3, 2] *= thick
