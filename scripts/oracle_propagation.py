@@ -11,7 +11,9 @@ Per structure, in a box 1.5 times the object's in-plane extent (as a later round
 - `prop 1 in range`: the same, the answer cut to the slices the object spans; `past ends`: how many slices the
   answer runs on below its first and past its last slice (negative: stops short).
 A propagation far past the ends with a good Dice in range says the memory does not see where the object ends; a low
-Dice in range, that it loses the object's outline. Never run this on the held-out set: choices are made here.
+Dice in range, that it loses the object's outline. Each volume takes the memory model it is served with
+(`LimNet.memory_for`: an MR one where the weights hold it and the volume is not read as a CT). Never run this on
+the held-out set: choices are made here.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "apps", "limnet"))
 
-from lib.data.evaluation import validation_set  # noqa: E402
+from lib.data.evaluation import VALIDATION_SETS, validation_set  # noqa: E402
 from lib.data.robot import dice  # noqa: E402
 from lib.engine.geometry import Box, extent_xy, neighbour_indices, paste_slices  # noqa: E402
 from lib.engine.propagation import SliceFeatures, propagate  # noqa: E402
@@ -53,7 +55,7 @@ def slice_answer(seg: LimNetSegmenter, image: np.ndarray, box: Box, k: int, trut
 
 def propagated(seg: LimNetSegmenter, features: SliceFeatures, truth: np.ndarray, ks: list[int]) -> np.ndarray:
     anchors = {k: seg._working(truth[:, :, k], features.box) for k in ks}
-    probs = propagate(seg.net.memory, features, anchors, seg.propagation, precision=seg.precision)
+    probs = propagate(features.memory, features, anchors, seg.propagation, precision=seg.precision)
     out = np.zeros_like(truth)
     for k, p in probs.items():
         out[:, :, k] = paste_slices(p[None], features.box, truth.shape[:2])[:, :, 0] > seg.propagation.threshold
@@ -62,7 +64,7 @@ def propagated(seg: LimNetSegmenter, features: SliceFeatures, truth: np.ndarray,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", choices=("ctval", "ctval4", "brainval", "brainval2"), default="brainval")
+    p.add_argument("--set", choices=VALIDATION_SETS, default="brainval")
     p.add_argument("--weights", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -74,7 +76,8 @@ def main() -> None:
     print("|---|---|" + "---|" * (len(cols) + 1))
     rows = []
     for case in validation_set(args.set):
-        image, truth = seg.new_state(case.image).image, case.label.astype(bool)
+        state, truth = seg.new_state(case.image), case.label.astype(bool)
+        image = state.image
         zs = np.flatnonzero(truth.any((0, 1)))
         box = Box.around(*extent_xy(truth), 1.5, 32).clamp_to(image.shape[:2])
         row = []
@@ -83,7 +86,7 @@ def main() -> None:
             for k in zs:
                 stack[:, :, k] = slice_answer(seg, image, box, int(k), truth[:, :, k], clicks)
             row.append(dice(stack, truth))
-        features = SliceFeatures(net.memory, image, box, seg.size, seg.device,
+        features = SliceFeatures(net.memory_for(state.hounsfield), image, box, seg.size, seg.device,
                                  seg._window(image, box, neighbour_indices(zs, image.shape[2]), []))
         largest = int(np.argmax(truth.sum((0, 1))))
         one = propagated(seg, features, truth, [largest])

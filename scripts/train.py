@@ -1,6 +1,6 @@
 """Train LIM-Net's weights from scratch on the CPU: generated volumes, fixed seed, resumable.
 
-    .venv/bin/python scripts/train.py --stage all            # interaction, refiner, memory, fusion, then ranker
+    .venv/bin/python scripts/train.py --stage all            # interaction, refiner, memory, memory_mr, fusion, ranker
     .venv/bin/python scripts/train.py --stage memory --steps-memory 3000
 
 Checkpoints go to --workdir (resumed automatically); the exported weights to --out.
@@ -25,19 +25,24 @@ from lib.training.samplers import BOX_SCALE, BoxScale  # noqa: E402
 from lib.training.stages import REFINER_PROB, REFINER_ROUNDS, train_interaction, train_memory  # noqa: E402
 
 
-def training_pool(args: argparse.Namespace, rank: int) -> CasePool:
-    """The generated cases and real training targets the network stages draw their batches from."""
+def training_pool(args: argparse.Namespace, rank: int, mr: bool = False) -> CasePool:
+    """The generated cases and real training targets the network stages draw their batches from. `mr`: the MR
+    memory model's (`--stage memory_mr`): the MNI152 and atlas brain targets and `--pool-mr` generated cases, no
+    TotalSegmentator organs (most are CT)."""
     t = time.time()
-    sources = real_targets(args.seed + 1000 * rank, mni=not args.no_real, totalseg=args.totalseg, atlas=args.atlas)
+    size = args.pool_mr if mr else args.pool
+    sources = real_targets(args.seed + 1000 * rank, mni=not args.no_real, totalseg=args.totalseg and not mr,
+                           atlas=args.atlas or (mr and not args.no_real))
     extra = [case for cases in sources.values() for case in cases]
-    pool = CasePool(args.seed + 1000 * rank, size=args.pool, extra=extra, body_in_air=args.body_in_air)
-    logging.info("generated %d cases (+%d real targets) in %.0fs", args.pool, len(extra), time.time() - t)
+    pool = CasePool(args.seed + 1000 * rank, size=size, extra=extra, body_in_air=args.body_in_air)
+    logging.info("generated %d cases (+%d real targets) in %.0fs", size, len(extra), time.time() - t)
     return pool
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["interaction", "refiner", "memory", "fusion", "ranker", "all"], default="all")
+    p.add_argument("--stage", choices=["interaction", "refiner", "memory", "memory_mr", "fusion", "ranker", "all"],
+                   default="all")
     p.add_argument("--steps-interaction", type=int, default=1500)
     p.add_argument("--steps-refiner", type=int, default=3000,
                    help="steps of the refiner (the interaction module that also reads the last round's mask)")
@@ -63,7 +68,12 @@ def main() -> None:
     p.add_argument("--memory-empty-area", type=float, default=None,
                    help="score a false mask on a slice past the object's end by its area A as A / (A + this) "
                         "(working-grid pixels; default: binary cross-entropy alone)")
+    p.add_argument("--steps-memory-mr", type=int, default=1200,
+                   help="steps of the memory model for volumes not read as a CT, fine-tuned from the first")
+    p.add_argument("--lr-memory-mr", type=float, default=3e-4, help="its peak learning rate (a fine-tune)")
+    p.add_argument("--memory-mr-length", type=int, default=6, help="slices per training sequence of that stage")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
+    p.add_argument("--pool-mr", type=int, default=32, help="generated cases kept in memory by the memory_mr stage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--body-in-air", type=float, default=0.0,
                    help="share of generated cases placed inside a body in air on a wider slice (CT/MR-like)")
@@ -71,7 +81,8 @@ def main() -> None:
                    help="add XMem's deep sensory update to the memory model (off by default; then train it)")
     p.add_argument("--deep-update-only", action="store_true",
                    help="with --deep-update: train only the deep update, the rest of the memory model frozen")
-    p.add_argument("--no-real", action="store_true", help="generated volumes only (no MNI152 targets)")
+    p.add_argument("--no-real", action="store_true",
+                   help="generated volumes only (no MNI152 targets; the memory_mr stage: no atlas either)")
     p.add_argument("--totalseg", action="store_true",
                    help="add the organs of TotalSegmentator's real CT/MR test volumes (fetched once with pip)")
     p.add_argument("--atlas", action="store_true",
@@ -105,7 +116,8 @@ def main() -> None:
     if os.path.exists(args.out):
         net = LimNet.load(args.out)
         logging.info("starting from %s", args.out)
-    pool = None if args.stage == "ranker" else training_pool(args, rank)  # the ranker reads its own slices
+    # the ranker reads its own slices, the MR memory model its own pool
+    pool = None if args.stage in ("ranker", "memory_mr") else training_pool(args, rank)
     meta = {"seed": args.seed, "processes": world}
 
     def save() -> None:
@@ -142,6 +154,16 @@ def main() -> None:
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,
                      length=args.memory_length, past_end=args.memory_past_end, empty_area=args.memory_empty_area)
+        save()
+    if args.stage in ("memory_mr", "all"):
+        train_memory(net, training_pool(args, rank, mr=True), args.steps_memory_mr,
+                     os.path.join(args.workdir, "memory_mr.ckpt"), args.seed, lr=args.lr_memory_mr,
+                     length=args.memory_mr_length, past_end=args.memory_past_end, empty_area=args.memory_empty_area,
+                     mr=True)
+        if args.stage == "memory_mr" and os.path.exists(args.out):  # the other modules' provenance stays
+            meta = {**torch.load(args.out, map_location="cpu", weights_only=True).get("meta", {})}
+        meta["memory_mr"] = (f"seed {args.seed}, {args.steps_memory_mr} steps of {args.memory_mr_length} slices, "
+                             f"lr {args.lr_memory_mr}, MNI152 + atlas targets + {args.pool_mr} generated")
         save()
     if args.stage in ("fusion", "all") and rank == 0:  # small: one process, on the CPU
         from lib.training.fusion_stage import train_fusion

@@ -1,6 +1,9 @@
-"""The memory model's deep sensory update: weights files with and without it, and that training reaches it."""
+"""The memory model's deep sensory update (weights files with and without it, and that training reaches it) and the
+second memory model for volumes not read as a CT (stored, chosen per volume, trained by its own stage)."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -71,3 +74,78 @@ def test_affinity_readout_is_the_softmax_over_memory_of_negative_squared_distanc
     assert readout.shape == (2, 5, 30) and usage.shape == (2, 50)
     assert torch.allclose(readout, torch.einsum("bcm,bmn->bcn", mv, weights), atol=1e-5)
     assert torch.allclose(usage, weights.sum(2), atol=1e-5)
+
+
+def test_mr_memory_model_round_trips_and_is_chosen_for_volumes_not_read_as_ct(net, tmp_path):
+    """`LimNet.memory_mr` (`train.py --stage memory_mr`): saved and loaded with the weights, it propagates the volumes
+    not read as a CT, the first memory model the CTs; weights without it propagate everything with the first."""
+    path = str(tmp_path / "w.pt")
+    plain = LimNet.load(weights_path())
+    plain.memory_mr = None
+    plain.save(path)
+    assert LimNet.load(path).memory_mr is None
+    assert LimNet.load(path).memory_for(False) is not None
+    with_mr = LimNet.load(path)
+    with_mr.add_memory_mr()
+    with torch.no_grad():
+        for p in with_mr.memory_mr.parameters():
+            p.add_(0.01)
+    with_mr.save(path)
+    back = LimNet.load(path)
+    assert back.memory_mr is not None
+    stored = [(a, b) for a, b in zip(back.memory_mr.state_dict().values(), with_mr.memory_mr.state_dict().values())
+              if b.is_floating_point()]
+    assert all(torch.equal(a, b.half().float()) for a, b in stored)  # as written: fp16
+    assert not torch.equal(next(back.memory_mr.parameters()), next(back.memory.parameters()))
+    assert back.memory_for(True) is back.memory and back.memory_for(False) is back.memory_mr
+
+
+def test_segmenter_propagates_an_mr_with_the_mr_memory_model_and_a_ct_with_the_first():
+    from lib.engine.denoise import looks_like_ct
+    from lib.engine.segmenter import LimNetSegmenter
+
+    net = LimNet.load(weights_path())  # not the shared fixture: its memory models are watched
+    net.add_memory_mr()
+    calls = []
+    for name in ("memory", "memory_mr"):
+        module = getattr(net, name)
+        encode = module.encode_value
+        module.encode_value = lambda *a, _e=encode, _n=name: calls.append(_n) or _e(*a)
+    image, label = capsule_volume()
+    click = [(48, 44, 27)]
+    mr = image * 1000.0  # an MR's intensities: none negative
+    ct = (image - np.percentile(image, 1)) * 1400.0 - 1000.0  # Hounsfield units: its darkest voxels air
+    assert looks_like_ct(ct) and not looks_like_ct(mr)
+    for volume, want, switch in ((mr, "memory_mr", True), (ct, "memory", True), (mr, "memory", False)):
+        seg = LimNetSegmenter(net, "cpu", use_fusion=False, mr_memory=switch)
+        state = seg.new_state(volume)
+        calls.clear()
+        assert seg.add_clicks(state, click, []).any()
+        assert calls and set(calls) == {want}, (want, switch, set(calls))
+
+
+def test_train_memory_mr_stage_adds_the_mr_model_and_keeps_the_rest(tmp_path):
+    """`train.py --stage memory_mr` fine-tunes a copy of the memory model into `memory_mr` and leaves every other
+    tensor and the weights' provenance as they were."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "w.pt"
+    shutil.copy(weights_path(), out)
+    before = torch.load(out, weights_only=True)
+    cmd = [sys.executable, os.path.join(root, "scripts", "train.py"), "--stage", "memory_mr", "--steps-memory-mr", "2",
+           "--pool-mr", "2", "--no-real", "--threads", "1", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    after = torch.load(out, weights_only=True)
+    old, new = before["state_dict"], after["state_dict"]
+    assert all(torch.equal(v, new[k]) for k, v in old.items() if not k.startswith("memory_mr."))
+    mr = {k[len("memory_mr."):]: v for k, v in new.items() if k.startswith("memory_mr.")}
+    assert set(mr) == {k[len("memory."):] for k in new if k.startswith("memory.")}
+    start = {k: old.get("memory_mr." + k, old["memory." + k]) for k in mr}  # a copy of the first, where none was
+    assert any(not torch.equal(v, start[k]) for k, v in mr.items())  # it trained
+    assert {k: v for k, v in after["meta"].items() if k != "memory_mr"} == {
+        k: v for k, v in before["meta"].items() if k != "memory_mr"}
+    assert "2 steps" in after["meta"]["memory_mr"]

@@ -124,3 +124,18 @@ def test_refiner_training_changes_the_refiner_alone(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in net.interaction.state_dict().items())
     assert net.refiner.encoder.stem[0].weight[:, 5].abs().sum() > 0
     assert (tmp_path / "r.ckpt").exists()
+
+
+def test_retraining_fine_tunes_each_memory_model_on_the_volumes_it_propagates():
+    """The app's trainer (`memory_pools`): with an MR memory model the CT cases train the first, the others the MR
+    one; without one every case trains the first."""
+    from lib.net.bundle import LimNet
+    from lib.trainers.limnet import memory_pools
+
+    z = np.zeros((4, 4, 4), np.float32)
+    ct, mr = Case(z, z.astype(np.uint8), True), Case(z, z.astype(np.uint8), False)
+    net = LimNet()
+    assert memory_pools(net, [ct, mr]) == [(False, [ct, mr])]
+    net.add_memory_mr()
+    assert memory_pools(net, [ct, mr]) == [(False, [ct]), (True, [mr])]
+    assert memory_pools(net, [mr]) == [(True, [mr])]

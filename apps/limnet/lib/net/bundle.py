@@ -1,4 +1,4 @@
-"""The three LIM-Net modules as one weights file (a plain state dict: torch>=2.6 loads with weights_only)."""
+"""The LIM-Net modules as one weights file (a plain state dict: torch>=2.6 loads with weights_only)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class LimNet(nn.Module):
         super().__init__()
         self.interaction = InteractionModule()
         self.memory = MemoryModel()
+        self.memory_mr: MemoryModel | None = None  # trained by `train.py --stage memory_mr`
         self.scorer = SliceScorer()
         self.refiner: InteractionModule | None = None
         self.ranker: ReadingRanker | None = None  # trained by `train.py --stage ranker`
@@ -34,6 +35,18 @@ class LimNet(nn.Module):
             self.refiner = copy.deepcopy(self.interaction)
             self.refiner.add_mask_input()
 
+    def add_memory_mr(self) -> None:
+        """A second memory model for volumes not read as a CT, started as a copy of the first. An MR's objects end
+        and look unlike a CT's: fine-tuned on brain MR structures the memory model gains on the brain validation sets
+        and loses on the real CT ones, so each kind of volume keeps its own (design log, 2026-12-07 afternoon)."""
+        if self.memory_mr is None:
+            self.memory_mr = copy.deepcopy(self.memory)
+
+    def memory_for(self, hounsfield: bool) -> MemoryModel:
+        """The memory model that propagates a volume: the MR one where the weights hold it and the volume was not
+        read as a CT (`looks_like_ct`), else the first."""
+        return self.memory if hounsfield or self.memory_mr is None else self.memory_mr
+
     @classmethod
     def load(cls, path: str, device: str | torch.device = "cpu") -> "LimNet":
         net = cls()
@@ -41,6 +54,10 @@ class LimNet(nn.Module):
         weights = {k: v.float() if v.dtype == torch.float16 else v for k, v in state["state_dict"].items()}
         if any(k.startswith("memory.deep_update.") for k in weights):  # trained with `train.py --deep-update`
             net.memory.add_deep_update()
+        if any(k.startswith("memory_mr.") for k in weights):  # trained with `train.py --stage memory_mr`
+            net.memory_mr = MemoryModel()
+            if any(k.startswith("memory_mr.deep_update.") for k in weights):
+                net.memory_mr.add_deep_update()
         if any(k.startswith("refiner.") for k in weights):  # trained with `train.py --stage refiner`
             net.add_refiner()
         if "ranker.root" in weights:  # trained with `train.py --stage ranker`

@@ -18,6 +18,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.data.robot import run_robot
+from lib.engine.denoise import looks_like_ct
 from lib.engine.geometry import normalize_intensity
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
@@ -56,9 +57,10 @@ def load_labelled_cases(datalist: list[dict], max_objects: int = 4) -> list[tupl
             logger.warning("skipping %s: image %s and label %s do not match", item["image"], img.shape, lab.shape)
             continue
         spacing = tuple(float(s) for s in image.pixdim[:3]) if hasattr(image, "pixdim") else (1.0, 1.0, 1.0)
-        norm = normalize_intensity(img)
+        norm, hounsfield = normalize_intensity(img), bool(looks_like_ct(img))
         for v in [v for v in np.unique(lab) if v != 0][:max_objects]:
-            cases.append((os.path.basename(item["image"]), Case(norm, (lab == v).astype(np.uint8)), spacing))
+            cases.append((os.path.basename(item["image"]), Case(norm, (lab == v).astype(np.uint8), hounsfield),
+                          spacing))
     return cases
 
 
@@ -69,11 +71,20 @@ def robot_dice(net: LimNet, cases: list[tuple[str, Case, tuple]], rounds: int, d
     for _, case, spacing in cases:
         def segment(fg, bg, _state=[None], _case=case):  # noqa: B006 - a fresh state per case
             if _state[0] is None:
-                _state[0] = seg.new_state(_case.image)
+                _state[0] = seg.new_state(_case.image, hounsfield=_case.hounsfield)  # read as served
             return seg.add_clicks(_state[0], fg, bg)
 
         scores.append(run_robot(segment, case.label, rounds, spacing).dice[-1])
     return float(np.mean(scores)) if scores else 0.0
+
+
+def memory_pools(net: LimNet, pool: list[Case]) -> list[tuple[bool, list[Case]]]:
+    """(mr, cases) per memory model to fine-tune: with an MR memory model (`LimNet.memory_mr`) the CT cases train the
+    first and the others the MR one; without, every case trains the first."""
+    if net.memory_mr is None:
+        return [(False, pool)]
+    parts = [(False, [c for c in pool if c.hounsfield]), (True, [c for c in pool if not c.hounsfield])]
+    return [(mr, part) for mr, part in parts if part]
 
 
 class LimNetTrainer(TrainTask):
@@ -151,8 +162,9 @@ class LimNetTrainer(TrainTask):
                     train_interaction(net, lambda: pool, total, os.path.join(work, "r.ckpt"), seed, batch=8, lr=lr,
                                       log_every=max(1, spe // 2), refine_prob=REFINER_PROB,
                                       refine_rounds=REFINER_ROUNDS, refiner=True)
-                train_memory(net, lambda: pool, total, os.path.join(work, "m.ckpt"), seed, batch=4, length=3, lr=lr,
-                             log_every=max(1, spe // 2))
+                for mr, part in memory_pools(net, pool):  # each memory model learns the volumes it propagates
+                    train_memory(net, lambda part=part: part, total, os.path.join(work, f"m{int(mr)}.ckpt"), seed,
+                                 batch=4, length=3, lr=lr, log_every=max(1, spe // 2), mr=mr)
                 net.eval()
                 d = robot_dice(net, val, rounds, device)
                 logger.info("epoch %d/%d validation Dice %.4f (before %.4f)", epoch + 1, epochs, d, base)

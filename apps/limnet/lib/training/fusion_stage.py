@@ -51,7 +51,7 @@ def round_pairs(net: LimNet, rng: np.random.Generator, n_cases: int, rounds: int
     imgs, prevs, nexts, ys = [], [], [], []
     for i in range(n_cases):
         case = synthetic_case(rng)
-        state = seg.new_state(case.image, normalized=True)  # already normalised
+        state = seg.new_state(case.image, normalized=True, hounsfield=case.hounsfield)  # already normalised
 
         run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, rounds, keep_masks=True)
         g = case.label.astype(bool)

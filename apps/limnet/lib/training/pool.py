@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lib.data.synthetic import generate_case
+from lib.engine.denoise import looks_like_ct
 from lib.engine.geometry import normalize_intensity
 
 from .samplers import Case
@@ -12,7 +13,7 @@ from .samplers import Case
 
 def synthetic_case(rng: np.random.Generator, body_in_air: float = 0.0) -> Case:
     c = generate_case(rng, body_in_air=body_in_air)
-    return Case(normalize_intensity(c.image), c.label)
+    return Case(normalize_intensity(c.image), c.label, looks_like_ct(c.image))
 
 
 def real_targets(seed: int, mni: bool = True, totalseg: bool = True, atlas: bool = True) -> dict[str, list[Case]]:

@@ -16,10 +16,12 @@ from lib.engine.geometry import Box, box_window, click_maps, crop_slices, neighb
 
 @dataclass
 class Case:
-    """A normalised image (H x W x D in [0, 1]) and a binary target of the same shape."""
+    """A normalised image (H x W x D in [0, 1]) and a binary target of the same shape; `hounsfield`: whether the
+    image as read was a CT (`looks_like_ct`), which decides its memory model (`LimNet.memory_for`)."""
 
     image: np.ndarray
     label: np.ndarray
+    hounsfield: bool = False
 
 
 def _object_slices(label: np.ndarray, min_area: int = 1) -> np.ndarray:

@@ -160,10 +160,14 @@ def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, firs
 
 def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 8,
                  length: int = 4, lr: float = 2e-3, log_every: int = 25, past_end: float = 0.5,
-                 empty_area: float | None = None) -> None:
+                 empty_area: float | None = None, mr: bool = False) -> None:
     """Slice sequences: the memory model propagates the first slice's mask through the next ones (on the module's
-    device). `past_end`: the share of sequences that run past the object's end; `empty_area`: see `seg_loss`."""
-    module = net.memory.train()
+    device). `past_end`: the share of sequences that run past the object's end; `empty_area`: see `seg_loss`; `mr`:
+    train the memory model for volumes not read as a CT (`LimNet.memory_mr`, added as a copy of the first)."""
+    if mr:
+        net.add_memory_mr()
+        net.memory_mr.to(next(net.memory.parameters()).device)
+    module = (net.memory_mr if mr else net.memory).train()
     dev = next(module.parameters()).device
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
     start = _load_ckpt(ckpt, module, opt)
@@ -186,4 +190,4 @@ def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: in
                         (time.time() - t0) / len(run))
             run, t0 = [], time.time()
             _save_ckpt(ckpt, module, opt, step + 1)
-    net.memory.eval()
+    module.eval()
