@@ -286,19 +286,24 @@ def test_positive_clicks_grow_a_large_organ_found_in_part(net):
 def test_a_click_on_a_missed_rim_of_a_nucleus_does_not_take_the_structure_around_it(net):
     """1 mm brain, clicks on the left pallidum: its 4th click, on a missed rim, read in a view 1.5 times wider,
     answers with the pallidum and the putamen around it, which stands out a little more (distinctness 1.95 ->
-    2.29): taken, Dice 0.72 -> 0.25. A wider view must stand out 1.5 times more (`wider_gain`)."""
+    2.29): taken, Dice 0.72 -> 0.25. A wider view must stand out 1.5 times more (`wider_gain`). Found with the first
+    memory model, and checked with it; with the MR memory model that serves this volume since 2026-12-07 the 4th
+    click does not take the putamen either way (0.79 at `wider_gain` 1, 0.70 at 1.5)."""
     from lib.data.brainval import validation_cases as brain_cases
     from lib.data.robot import run_robot
     from lib.engine.segmenter import LimNetSegmenter
 
     case = {c.name: c for c in brain_cases()}["brainval_pallidum_left"]
-    runs = {}
-    for gain in (1.0, 1.5):
-        seg = LimNetSegmenter(net, "cpu", use_fusion=False, wider_adds=3, wider_gain=gain)
-        state = seg.new_state(case.image)
-        runs[gain] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 4, case.spacing)
-        assert len(runs[gain].background) == 0
-    assert runs[1.0].dice[-1] < 0.4 and runs[1.5].dice[-1] > 0.6, (runs[1.0].dice, runs[1.5].dice)
+    for mr_memory in (False, True):
+        runs = {}
+        for gain in (1.0, 1.5):
+            seg = LimNetSegmenter(net, "cpu", use_fusion=False, wider_adds=3, wider_gain=gain, mr_memory=mr_memory)
+            state = seg.new_state(case.image)
+            runs[gain] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label, 4, case.spacing)
+            assert len(runs[gain].background) == 0
+        assert runs[1.5].dice[-1] > 0.6, (mr_memory, runs[1.5].dice)
+        if not mr_memory:
+            assert runs[1.0].dice[-1] < 0.4, runs[1.0].dice
 
 
 @pytest.mark.parametrize("name", ["ctval_rib_left_4_4x", "brainval_caudate_right"])
