@@ -165,8 +165,7 @@ def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: in
     device). `past_end`: the share of sequences that run past the object's end; `empty_area`: see `seg_loss`; `mr`:
     train the memory model for volumes not read as a CT (`LimNet.memory_mr`, added as a copy of the first)."""
     if mr:
-        net.add_memory_mr()
-        net.memory_mr.to(next(net.memory.parameters()).device)
+        net.add_memory_mr()  # a copy of the first, on its device
     module = (net.memory_mr if mr else net.memory).train()
     dev = next(module.parameters()).device
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=1e-4)
