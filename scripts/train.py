@@ -39,6 +39,14 @@ def training_pool(args: argparse.Namespace, rank: int, mr: bool = False) -> Case
     return pool
 
 
+def provenance(args: argparse.Namespace, stage: str, meta: dict) -> dict:
+    """The provenance to write after `stage`: where that stage alone fine-tuned an existing weights file, the file's
+    own (its other modules' history stays), else this run's."""
+    if args.stage == stage and os.path.exists(args.out):
+        return {**torch.load(args.out, map_location="cpu", weights_only=True).get("meta", {})}
+    return meta
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=["interaction", "refiner", "memory", "memory_mr", "fusion", "ranker", "all"],
@@ -160,8 +168,7 @@ def main() -> None:
                      os.path.join(args.workdir, "memory_mr.ckpt"), args.seed, lr=args.lr_memory_mr,
                      length=args.memory_mr_length, past_end=args.memory_past_end, empty_area=args.memory_empty_area,
                      mr=True)
-        if args.stage == "memory_mr" and os.path.exists(args.out):  # the other modules' provenance stays
-            meta = {**torch.load(args.out, map_location="cpu", weights_only=True).get("meta", {})}
+        meta = provenance(args, "memory_mr", meta)
         meta["memory_mr"] = (f"seed {args.seed}, {args.steps_memory_mr} steps of {args.memory_mr_length} slices, "
                              f"lr {args.lr_memory_mr}, MNI152 + atlas targets + {args.pool_mr} generated")
         save()
@@ -176,8 +183,7 @@ def main() -> None:
 
         net.to("cpu")
         train_ranker(net, args.seed, args.ranker_slices)
-        if args.stage == "ranker" and os.path.exists(args.out):  # the other modules' provenance stays
-            meta = {**torch.load(args.out, map_location="cpu", weights_only=True).get("meta", {})}
+        meta = provenance(args, "ranker", meta)
         meta["ranker"] = f"seed {args.seed}, {args.ranker_slices} slices per source"
         net.save(args.out, meta)
     logging.info("weights written to %s", args.out)
