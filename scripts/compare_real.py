@@ -11,9 +11,11 @@ hold?), Dice after the last click and the drops (steps where Dice falls by more 
     .venv/bin/python scripts/compare_real.py --variant base='{}' --variant wider0='{"wider_adds": 0}'
     .venv/bin/python scripts/compare_real.py --variant base='{}' --variant thr4='{"propagation": {"threshold": 0.4}}' \\
         --sets ctval,brainval --users volume --noise-seeds 0,1,2 --jobs 2
+    .venv/bin/python scripts/compare_real.py --variant base='{}' --variant new='{"weights": "runs/new.pt"}'
 
 A variant is NAME=JSON, the keyword arguments of `LimNetSegmenter` (a `propagation` dict becomes its
-`PropagationConfig`); the first is the reference. Jobs (setting x set x user x draw) run in `--jobs` processes of
+`PropagationConfig`; a `weights` path runs that setting with that weights file instead of `--weights`); the first is
+the reference. Jobs (setting x set x user x draw) run in `--jobs` processes of
 `--threads` torch threads each. Choices are made here or on the generated cases (`validate.py`), never on the
 held-out volumes of `evaluate.py`.
 """
@@ -55,14 +57,15 @@ def run_job(job: dict) -> dict:
     from lib.net.bundle import LimNet
 
     torch.set_num_threads(job["threads"])
-    net = LimNet.load(job["weights"])
+    settings = dict(job["settings"])
+    net = LimNet.load(settings.pop("weights", job["weights"]))
     wanted = set(job["cases"])
     out = {}
     for i, case in enumerate(validation_set(job["set"])):
         if wanted and case.name not in wanted:
             continue
         image = with_noise(case.image, job["noise"], 1000 + i + job["seed"])
-        seg = LimNetSegmenter(net, "cpu", use_fusion=False, **segmenter_kwargs(job["settings"]))
+        seg = LimNetSegmenter(net, "cpu", use_fusion=False, **segmenter_kwargs(settings))
         state = seg.new_state(image)
         run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label.astype(bool), job["rounds"],
                         case.spacing, user=job["user"])

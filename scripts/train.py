@@ -31,8 +31,9 @@ def training_pool(args: argparse.Namespace, rank: int, mr: bool = False) -> Case
     TotalSegmentator organs (most are CT)."""
     t = time.time()
     size = args.pool_mr if mr else args.pool
+    tissues = tuple(t for t in args.mr_tissues.split(",") if t) if mr else None
     sources = real_targets(args.seed + 1000 * rank, mni=not args.no_real, totalseg=args.totalseg and not mr,
-                           atlas=args.atlas or (mr and not args.no_real))
+                           atlas=args.atlas or (mr and not args.no_real), mni_tissues=tissues)
     extra = [case for cases in sources.values() for case in cases]
     pool = CasePool(args.seed + 1000 * rank, size=size, extra=extra, body_in_air=args.body_in_air)
     logging.info("generated %d cases (+%d real targets) in %.0fs", size, len(extra), time.time() - t)
@@ -82,6 +83,8 @@ def main() -> None:
     p.add_argument("--memory-mr-length", type=int, default=6, help="slices per training sequence of that stage")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--pool-mr", type=int, default=32, help="generated cases kept in memory by the memory_mr stage")
+    p.add_argument("--mr-tissues", default="brain,white_matter,ventricles",
+                   help="the MNI152 tissue targets in the memory_mr stage's pool (comma-separated; empty: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--body-in-air", type=float, default=0.0,
                    help="share of generated cases placed inside a body in air on a wider slice (CT/MR-like)")

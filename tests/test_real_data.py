@@ -324,3 +324,17 @@ def test_a_whole_slice_answer_around_the_object_yields_to_the_ranked_reading(net
         state = seg.new_state(case.image)
         dice[ranked] = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label > 0, 1, case.spacing).dice[0]
     assert net.ranker is not None and dice[None] < 0.1 and dice[0.8] > 0.5, dice
+
+
+def test_mni152_tissue_targets_can_be_left_out_and_the_seeded_regions_stay_the_same():
+    """The memory_mr stage's pool can leave out the whole-brain and white-matter targets (`train.py --mr-tissues`);
+    the draws are the same with or without them, so only those cases leave the pool."""
+    from lib.data.real_targets import mni_training_cases
+
+    every = mni_training_cases(np.random.default_rng(5), n_regions=3)
+    some = mni_training_cases(np.random.default_rng(5), n_regions=3, tissues=("ventricles",))
+    assert len(every) - len(some) == 4  # two tissues, each at 1 mm and on thick slices
+    assert np.array_equal(every[4].label, some[0].label) and every[4].label.sum() < 0.05 * every[4].label.size
+    assert len(every) > 6
+    for a, b in zip(every[6:], some[2:]):
+        assert np.array_equal(a.label, b.label) and np.array_equal(a.image, b.image)

@@ -41,16 +41,20 @@ def _region_from_seed(rng: np.random.Generator, smooth: np.ndarray, head: np.nda
     return None
 
 
-def mni_training_cases(rng: np.random.Generator, n_regions: int = 48):
-    """(normalised image, label) pairs: whole-volume tissue targets at 1 mm and thick slices, plus seeded regions."""
+def mni_training_cases(rng: np.random.Generator, n_regions: int = 48, tissues: tuple[str, ...] | None = None):
+    """(normalised image, label) pairs: whole-volume tissue targets at 1 mm and thick slices, plus seeded regions.
+    `tissues`: which of `mni152_structures` to keep (None: all); the draws are the same either way, so the seeded
+    regions do not change with it."""
     from lib.training.samplers import Case
 
     t1, _, _, _ = mni152()
     img = normalize_intensity(t1)
     cases = []
-    for lab in mni152_structures().values():
-        cases.append(Case(img, lab.astype(np.uint8)))
+    for name, lab in mni152_structures().items():
         f = int(rng.choice([2, 3, 5]))
+        if tissues is not None and name not in tissues:
+            continue
+        cases.append(Case(img, lab.astype(np.uint8)))
         ti, tl = thick_slices(t1, lab, f)
         cases.append(Case(normalize_intensity(ti), tl))
     smooth = ndi.gaussian_filter(img, 1.0)

@@ -16,15 +16,16 @@ def synthetic_case(rng: np.random.Generator, body_in_air: float = 0.0) -> Case:
     return Case(normalize_intensity(c.image), c.label, looks_like_ct(c.image))
 
 
-def real_targets(seed: int, mni: bool = True, totalseg: bool = True, atlas: bool = True) -> dict[str, list[Case]]:
+def real_targets(seed: int, mni: bool = True, totalseg: bool = True, atlas: bool = True,
+                 mni_tissues: tuple[str, ...] | None = None) -> dict[str, list[Case]]:
     """The real training targets by source: the MNI152 templates' structures, the TotalSegmentator training organs and
     the atlas nuclei (never a validation or held-out case), each source drawn with its own seed (`seed` + 1, 2, 3), so
-    that every stage that reads them sees the same cases."""
+    that every stage that reads them sees the same cases. `mni_tissues`: the MNI152 tissue targets kept (None: all)."""
     sources: dict[str, list[Case]] = {}
     if mni:
         from lib.data.real_targets import mni_training_cases
 
-        sources["mni"] = mni_training_cases(np.random.default_rng(seed + 1))
+        sources["mni"] = mni_training_cases(np.random.default_rng(seed + 1), tissues=mni_tissues)
     if totalseg:
         from lib.data.totalseg import training_cases
 
