@@ -27,8 +27,8 @@ from lib.training.stages import REFINER_PROB, REFINER_ROUNDS, train_interaction,
 
 def training_pool(args: argparse.Namespace, rank: int, mr: bool = False) -> CasePool:
     """The generated cases and real training targets the network stages draw their batches from. `mr`: the MR
-    memory model's (`--stage memory_mr`): the MNI152 and atlas brain targets and `--pool-mr` generated cases, no
-    TotalSegmentator organs (most are CT)."""
+    memory model's (`--stage memory_mr`): the MNI152 (`--mr-tissues`) and atlas brain targets and `--pool-mr` generated
+    cases, no TotalSegmentator organs (most are CT)."""
     t = time.time()
     size = args.pool_mr if mr else args.pool
     tissues = tuple(t for t in args.mr_tissues.split(",") if t) if mr else None
@@ -83,8 +83,9 @@ def main() -> None:
     p.add_argument("--memory-mr-length", type=int, default=6, help="slices per training sequence of that stage")
     p.add_argument("--pool", type=int, default=96, help="generated cases kept in memory")
     p.add_argument("--pool-mr", type=int, default=32, help="generated cases kept in memory by the memory_mr stage")
-    p.add_argument("--mr-tissues", default="brain,white_matter,ventricles",
-                   help="the MNI152 tissue targets in the memory_mr stage's pool (comma-separated; empty: none)")
+    p.add_argument("--mr-tissues", default="white_matter,ventricles",
+                   help="the MNI152 tissue targets in the memory_mr stage's pool (comma-separated; empty: none). Not "
+                        "the whole brain: with it the MR memory model carried a leak through the brain (design log)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--body-in-air", type=float, default=0.0,
                    help="share of generated cases placed inside a body in air on a wider slice (CT/MR-like)")
@@ -173,7 +174,10 @@ def main() -> None:
                      mr=True)
         meta = provenance(args, "memory_mr", meta)
         meta["memory_mr"] = (f"seed {args.seed}, {args.steps_memory_mr} steps of {args.memory_mr_length} slices, "
-                             f"lr {args.lr_memory_mr}, MNI152 + atlas targets + {args.pool_mr} generated")
+                             f"lr {args.lr_memory_mr}, MNI152 (tissues: {args.mr_tissues or 'none'}) + atlas targets + "
+                             f"{args.pool_mr} generated"
+                             + (f", empty area {args.memory_empty_area:g}, past end {args.memory_past_end:g}"
+                                if args.memory_empty_area else ""))
         save()
     if args.stage in ("fusion", "all") and rank == 0:  # small: one process, on the CPU
         from lib.training.fusion_stage import train_fusion

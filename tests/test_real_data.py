@@ -327,8 +327,8 @@ def test_a_whole_slice_answer_around_the_object_yields_to_the_ranked_reading(net
 
 
 def test_mni152_tissue_targets_can_be_left_out_and_the_seeded_regions_stay_the_same():
-    """The memory_mr stage's pool can leave out the whole-brain and white-matter targets (`train.py --mr-tissues`);
-    the draws are the same with or without them, so only those cases leave the pool."""
+    """The memory_mr stage's pool leaves out the whole-brain target (`train.py --mr-tissues`, which made the MR memory
+    model carry a leak through the brain); the draws are the same with or without it, so only those cases leave."""
     from lib.data.real_targets import mni_training_cases
 
     every = mni_training_cases(np.random.default_rng(5), n_regions=3)
