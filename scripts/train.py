@@ -31,7 +31,7 @@ def training_pool(args: argparse.Namespace, rank: int, mr: bool = False) -> Case
     cases, no TotalSegmentator organs (most are CT)."""
     t = time.time()
     size = args.pool_mr if mr else args.pool
-    tissues = tuple(t for t in args.mr_tissues.split(",") if t) if mr else None
+    tissues = tuple(name for name in args.mr_tissues.split(",") if name) if mr else None
     sources = real_targets(args.seed + 1000 * rank, mni=not args.no_real, totalseg=args.totalseg and not mr,
                            atlas=args.atlas or (mr and not args.no_real), mni_tissues=tissues)
     extra = [case for cases in sources.values() for case in cases]

@@ -338,3 +338,5 @@ def test_mni152_tissue_targets_can_be_left_out_and_the_seeded_regions_stay_the_s
     assert len(every) > 6
     for a, b in zip(every[6:], some[2:]):
         assert np.array_equal(a.label, b.label) and np.array_equal(a.image, b.image)
+    with pytest.raises(ValueError, match="unknown MNI152 tissues"):
+        mni_training_cases(np.random.default_rng(5), n_regions=0, tissues=("white_mater",))

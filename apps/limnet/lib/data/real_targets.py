@@ -49,8 +49,11 @@ def mni_training_cases(rng: np.random.Generator, n_regions: int = 48, tissues: t
 
     t1, _, _, _ = mni152()
     img = normalize_intensity(t1)
+    structures = mni152_structures()
+    if tissues is not None and set(tissues) - set(structures):  # a misspelt name would leave its tissue out silently
+        raise ValueError(f"unknown MNI152 tissues {sorted(set(tissues) - set(structures))}; known: {list(structures)}")
     cases = []
-    for name, lab in mni152_structures().items():
+    for name, lab in structures.items():
         f = int(rng.choice([2, 3, 5]))
         if tissues is not None and name not in tissues:
             continue
