@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import tempfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -80,7 +81,21 @@ def studies(tmp_path_factory) -> dict:
     write_nifti(str(folder / "touching.nii.gz"), second.image.astype(np.float32), second.spacing)
     real = {c.name: c for c in heldout_cases(sources=("pyradiomics",))}["lung2_lung_tumour"]
     shutil.copy(os.path.join(cache_dir(), "pyradiomics", "lung2_image.nrrd"), folder / "lung2.nrrd")
-    return {"folder": str(folder), "blob": case, "touching": second, "lung2": real}
+    sagittal = lung_stored_thick_axis_first(real)
+    write_nifti(str(folder / "lung2_sagittal.nii.gz"), sagittal.image, sagittal.spacing)
+    return {"folder": str(folder), "blob": case, "touching": second, "lung2": real, "lung2_sagittal": sagittal}
+
+
+def lung_stored_thick_axis_first(real) -> SimpleNamespace:
+    """The real CT's 256 x 256 in-plane crop around its tumour, stored with the 5 mm axis first (as a NIfTI reoriented
+    from a sagittal acquisition keeps its thick axis): image (int16 HU), label and spacing in that order."""
+    xs, ys, _ = np.nonzero(real.label)
+    x0, y0 = (int(np.clip(c.mean() - 128, 0, n - 256)) for c, n in ((xs, real.image.shape[0]), (ys, real.image.shape[1])))
+    crop = np.s_[x0 : x0 + 256, y0 : y0 + 256, :]
+    image = np.round(real.image[crop]).astype(np.int16)
+    return SimpleNamespace(image=np.ascontiguousarray(image.transpose(2, 0, 1)),
+                           label=np.ascontiguousarray(real.label[crop].transpose(2, 0, 1)),
+                           spacing=tuple(float(real.spacing[i]) for i in (2, 0, 1)))
 
 
 def copy_app(parent) -> str:

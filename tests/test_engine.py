@@ -997,3 +997,50 @@ def test_the_refiner_reads_the_mask_only_of_a_slice_clicked_again(net) -> None:
     assert seg._shown_mask(dataclasses.replace(state, refine=False), 28, [], [(48, 30)]) is None  # the round's option
     assert LimNetSegmenter(net, "cpu", use_fusion=False, refine_only_new=False)._shown_mask(
         state, 20, [(48, 44)], []) is not None
+
+
+@pytest.mark.parametrize("spacing, axis", [
+    ((1.0, 1.0, 5.0), 2), ((0.7, 0.7, 0.7), 2), ((3.9, 3.9, 2.0), 2),  # as stored: square in-plane pixels
+    ((5.0, 1.0, 1.0), 0), ((1.0, 4.0, 1.0), 1), ((0.5, 1.0, 1.0), 0),  # the slices with square pixels lie across
+    ((1.0, 1.1, 1.2), 2), ((1.0, 2.0, 3.0), 2), (None, 2), ((0.0, 1.0, 1.0), 2),  # nothing clearly squarer / unknown
+])
+def test_slice_axis_is_the_one_across_square_pixels(spacing, axis):
+    from lib.engine.orientation import SliceAxis
+
+    assert SliceAxis.for_spacing(spacing).axis == axis
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_axis_turns_clicks_and_answers_back(axis):
+    from lib.engine.orientation import SliceAxis
+
+    slices = SliceAxis(axis)
+    stored = np.zeros((7, 9, 11), bool)
+    stored[2, 3, 4] = True
+    engine = slices.volume(stored)
+    assert engine.shape[2] == stored.shape[axis] and slices.stored_shape(engine.shape) == stored.shape
+    (click,) = slices.clicks([(2, 3, 4)])
+    assert engine[click] and slices.stored_clicks([click]) == [(2, 3, 4)]
+    back = slices.mask(np.asfortranarray(engine))
+    assert back.shape == stored.shape and back.flags.f_contiguous and np.array_equal(back, stored)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    affine[axis, axis] = 5.0
+    assert SliceAxis.for_affine(affine).axis == axis
+
+
+def test_a_prepared_image_is_held_across_its_thick_axis():
+    """The server's image cache holds a volume stored thick axis first in the engine's order (a view of it), and
+    reports the stored shape, which clients' clicks are checked against."""
+    from monai.data import MetaTensor
+
+    from lib.infers.limnet import prepare_image
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(-1000, 1000, (12, 40, 48)).astype(np.int16)
+    image = prepare_image(MetaTensor(torch.from_numpy(stored), affine=torch.diag(torch.tensor([5.0, 0.8, 0.8, 1.0],
+                                                                                              dtype=torch.float64))))
+    assert image.slices.axis == 0 and image.shape == stored.shape and image.normalized.shape == (40, 48, 12)
+    plain = prepare_image(MetaTensor(torch.from_numpy(np.ascontiguousarray(stored.transpose(1, 2, 0))),
+                                     affine=torch.diag(torch.tensor([0.8, 0.8, 5.0, 1.0], dtype=torch.float64))))
+    assert plain.slices.identity
+    np.testing.assert_array_equal(np.asarray(image.normalized), np.asarray(plain.normalized))

@@ -53,6 +53,20 @@ def test_robot_rounds_on_real_unseen_volume(server, studies):
     assert scores[-1] >= 0.5, scores
 
 
+def test_a_volume_stored_with_its_thick_axis_first_is_read_across_it(server, studies):
+    """The same real CT stored with its 5 mm axis first (a NIfTI reoriented from a sagittal acquisition): the server
+    propagates across the thick axis (`SliceAxis`), so the robot's clicks find the tumour as on the axial copy, and
+    answers keep the stored shape. Read along the stored last axis, slices of 5:1 pixels, the same clicks gave Dice
+    0.10 / 0.56 / 0.73 (0.88 / 0.88 / 0.89 across the thick axis, measured in process, 2026-12-07)."""
+    client = MONAILabelClient(server["url"])
+    case = studies["lung2_sagittal"]
+    assert case.image.shape[0] < case.image.shape[2], "the thick axis is the first"
+    scores, shapes = _robot_rounds(client, "lung2_sagittal", case.label.astype(bool), 3, case.spacing,
+                                   client_id="sagittal")
+    assert all(s == case.image.shape for s in shapes)
+    assert scores[0] >= 0.7 and scores[-1] >= 0.8, scores
+
+
 def _click_inside(case) -> tuple:
     """The case and a voxel of its label on the slice where the label is largest."""
     k = int(np.argmax(case.label.sum((0, 1))))

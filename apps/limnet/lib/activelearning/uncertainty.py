@@ -17,6 +17,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
 
@@ -39,7 +40,9 @@ def mask_entropy(probs: dict[int, torch.Tensor]) -> float:
     return float(h[region].mean())
 
 
-def probe_uncertainty(segmenter: LimNetSegmenter, volume: np.ndarray) -> float:
+def probe_uncertainty(segmenter: LimNetSegmenter, volume: np.ndarray, spacing: Sequence[float] | None = None) -> float:
+    """Mask entropy after a positive click at the centre voxel; `spacing` picks the slices as the server does."""
+    volume = SliceAxis.for_spacing(spacing).volume(volume)
     state = segmenter.new_state(volume)
     centre = tuple(s // 2 for s in volume.shape)
     segmenter.add_clicks(state, [centre], [])
@@ -70,10 +73,11 @@ class ProbeUncertaintyScoring(ScoringMethod):
             if computed >= limit:
                 continue
             try:
-                volume = np.asarray(loader(datastore.get_image_uri(image_id)), np.float32)
+                image = loader(datastore.get_image_uri(image_id))
+                volume = np.asarray(image, np.float32)
                 if volume.ndim != 3:
                     continue
-                score = probe_uncertainty(segmenter, volume)
+                score = probe_uncertainty(segmenter, volume, getattr(image, "pixdim", None))
             except Exception as e:  # an unreadable image is skipped, not fatal
                 logger.warning("cannot score %s: %s", image_id, e)
                 continue

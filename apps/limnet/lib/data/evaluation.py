@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
 
@@ -89,6 +90,8 @@ def evaluate_case(net: LimNet, name: str, image: np.ndarray, label: np.ndarray, 
                   baseline: bool = True, device: str = "cpu", user: str = "volume") -> CaseResult:
     """`user`: `run_robot`'s ("volume": the challenge's robot; "slice": corrects the first click's slice first)."""
     res = CaseResult(name)
+    slices = SliceAxis.for_spacing(spacing)  # as the server reads it: slices with square pixels (Dice is unchanged)
+    image, label, spacing = slices.volume(image), slices.volume(label), slices.spacing(spacing)
     seg = LimNetSegmenter(net, device, use_fusion=False)
     state = seg.new_state(image)
     order: list[tuple[bool, tuple]] = []

@@ -26,6 +26,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.engine.denoise import looks_like_ct, noise_level
 from lib.engine.geometry import ScaledVolume, normalize_intensity
+from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
 from lib.net.bundle import LimNet
@@ -78,16 +79,19 @@ def parse_clicks(value: Any, name: str, shape: Sequence[int]) -> list[tuple[int,
 class CachedImage:
     """An image as the network reads it: normalised float16 (half of float32, shared by every interaction on it), as
     the voxels read, scaled to the same values where the engine reads them (`ScaledVolume`; a float image is scaled
-    whole after its first click, `settle`)."""
+    whole after its first click, `settle`). Held in the engine's order, slices along its last axis (`slices`)."""
 
-    normalized: np.ndarray | ScaledVolume  # H x W x D in [0, 1]; scaled where read (float images until settled)
+    normalized: np.ndarray | ScaledVolume  # H x W x D in [0, 1], engine order; scaled where read (float images until
+    # settled)
     affine: torch.Tensor
     hounsfield: bool = False  # read as a CT (`looks_like_ct`): the noise filter's floor and the area guard are a CT's
     noise: tuple[float, float] | None = None  # `noise_level` of `normalized`, measured at its first interaction
+    slices: SliceAxis = SliceAxis()  # the stored axis `normalized` holds last (clicks and answers are turned by it)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.normalized.shape)
+        """The image's shape as stored (clients' clicks and answers are in this order)."""
+        return self.slices.stored_shape(self.normalized.shape)
 
     @property
     def dtype(self) -> np.dtype:  # MONAI Label logs shape and dtype of every item between transforms
@@ -117,8 +121,11 @@ def prepare_image(image: MetaTensor) -> CachedImage:
         lo, hi = volume[finite].min(), volume[finite].max()
     if lo == hi:
         raise _bad_request("the image is constant: there is nothing to segment")
+    affine = image.affine if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
+    slices = SliceAxis.for_affine(np.asarray(affine))
+    volume = slices.volume(volume)  # a view: a volume stored with its thick axis first or second is read across it
     return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite, lazy=True),
-                       image.affine, looks_like_ct(volume))
+                       affine, looks_like_ct(volume), slices=slices)
 
 
 def prepare_volume(raw: MetaTensor) -> CachedImage:
@@ -312,6 +319,7 @@ class LimNetInfer(BasicInferTask):
         bg = parse_clicks(data.get("background"), "background", shape)
         if not fg and not bg:
             raise _bad_request("send at least one click in 'foreground' or 'background'")
+        fg, bg = image.slices.clicks(fg), image.slices.clicks(bg)  # the state keeps them in the engine's order
         device = str(device) if torch.device(device).type != "cuda" or torch.cuda.is_available() else "cpu"
         segmenter = self.segmenter(device)
         label = data.get("label") or self.labels[0]
@@ -348,7 +356,7 @@ class LimNetInfer(BasicInferTask):
                                             stop_at_blur=stop, use_refiner=refine)
         self.store.put(key, state)
         settle_later(image, path)  # a float image is scaled whole once its first click is answered
-        data["pred"] = MetaTensor(torch.from_numpy(mask.view(np.uint8)), affine=image.affine)
+        data["pred"] = MetaTensor(torch.from_numpy(image.slices.mask(mask).view(np.uint8)), affine=image.affine)
         data["result"] = {"label_names": {label: 1}, "round": state.rounds, "voxels": state.mask_voxels()}
         return data
 

@@ -20,6 +20,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from lib.data.robot import run_robot
 from lib.engine.denoise import looks_like_ct
 from lib.engine.geometry import normalize_intensity
+from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
 from lib.training.samplers import Case
@@ -42,7 +43,8 @@ def label_on_image_grid(image_path: str, label_path: str) -> np.ndarray:
 
 
 def load_labelled_cases(datalist: list[dict], max_objects: int = 4) -> list[tuple[str, Case, tuple]]:
-    """(image id, case, spacing) per object: each non-zero label value of a `final` label is one object."""
+    """(image id, case, spacing) per object: each non-zero label value of a `final` label is one object. Each case
+    is in the engine's order, slices along its last axis (`SliceAxis`), as the server reads its image."""
     loader = LoadImage(reader="ITKReader", image_only=True)
     cases = []
     for item in datalist:
@@ -57,6 +59,9 @@ def load_labelled_cases(datalist: list[dict], max_objects: int = 4) -> list[tupl
             logger.warning("skipping %s: image %s and label %s do not match", item["image"], img.shape, lab.shape)
             continue
         spacing = tuple(float(s) for s in image.pixdim[:3]) if hasattr(image, "pixdim") else (1.0, 1.0, 1.0)
+        slices = SliceAxis.for_spacing(spacing)  # as the server reads it: slices with square pixels
+        img, lab = np.ascontiguousarray(slices.volume(img)), np.ascontiguousarray(slices.volume(lab))
+        spacing = slices.spacing(spacing)
         norm, hounsfield = normalize_intensity(img), bool(looks_like_ct(img))
         for v in [v for v in np.unique(lab) if v != 0][:max_objects]:
             cases.append((os.path.basename(item["image"]), Case(norm, (lab == v).astype(np.uint8), hounsfield),
