@@ -1044,3 +1044,35 @@ def test_a_prepared_image_is_held_across_its_thick_axis():
                                      affine=torch.diag(torch.tensor([0.8, 0.8, 5.0, 1.0], dtype=torch.float64))))
     assert plain.slices.identity
     np.testing.assert_array_equal(np.asarray(image.normalized), np.asarray(plain.normalized))
+
+
+def test_a_ct_scanners_padding_reads_as_air(net):
+    """A CT padded outside its reconstruction circle (-3024 HU) is normalised as the same CT with air there: the
+    padding does not stretch the range (server cache and engine alike); an MR's range and a CT without padding, or
+    with air noisier than any padding value, keep theirs."""
+    from monai.data import MetaTensor
+
+    from lib.engine.denoise import ct_padding
+    from lib.engine.geometry import normalize_intensity
+    from lib.infers.limnet import prepare_image
+
+    rng = np.random.default_rng(0)
+    ct = rng.normal(40, 20, (64, 64, 8)).astype(np.float32)
+    x, y = np.ogrid[:64, :64]
+    ring = (x - 31.5) ** 2 + (y - 31.5) ** 2 > 26**2
+    ct[ring] = -1024.0
+    padded = ct.copy()
+    padded[((x - 31.5) ** 2 + (y - 31.5) ** 2 > 31.5**2)] = -3024.0
+    plain = normalize_intensity(ct, padding=ct_padding(True))
+    np.testing.assert_allclose(normalize_intensity(padded, padding=ct_padding(True)), plain, atol=0.005)
+    assert not np.allclose(normalize_intensity(padded), plain, atol=0.05)  # without the floor the range stretches
+    noisy = ct.copy()
+    noisy[:4] = rng.normal(-1200, 100, noisy[:4].shape)  # air noisier than a CT's, never as low as padding
+    np.testing.assert_array_equal(normalize_intensity(noisy, padding=ct_padding(True)), normalize_intensity(noisy))
+    mr = np.abs(ct) + 5.0
+    np.testing.assert_array_equal(normalize_intensity(mr, padding=ct_padding(False)), normalize_intensity(mr))
+    cached = prepare_image(MetaTensor(torch.from_numpy(np.round(padded).astype(np.int16))))
+    assert cached.hounsfield
+    np.testing.assert_allclose(np.asarray(cached.normalized, np.float32), plain, atol=0.006)
+    state = LimNetSegmenter(net, "cpu").new_state(padded)  # the engine's own normalisation (evaluation, trainer)
+    np.testing.assert_allclose(np.asarray(state.image, np.float32), plain, atol=0.005)

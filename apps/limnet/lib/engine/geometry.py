@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - it is in requirements.txt
 
 def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.99,
                         dtype: type = np.float32, known_finite: bool = False,
-                        lazy: bool = False) -> np.ndarray | ScaledVolume:
+                        lazy: bool = False, padding: float | None = None) -> np.ndarray | ScaledVolume:
     """Modality-agnostic: clip to the volume's percentiles and scale to [0, 1] (design note). The percentiles only
     drop stray outliers: the network sees each box through its own window (`box_window`), so a bright lesion must
     not be clipped flat here. Works slab by slab (no whole-volume temporaries); `dtype` float16 halves what a
@@ -29,13 +29,18 @@ def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.
     slice reads stay contiguous (0.33 s instead of 1.1 s for 512x512x300 on this project's machine).
     `known_finite`: the caller has checked that every value is finite (a pass over the volume saved).
     `lazy`: an 8- or 16-bit integer volume (CT, most MR) or a float one comes back as a `ScaledVolume` that scales
-    what is read of it, with the same values (float16 `dtype` only; 3D)."""
+    what is read of it, with the same values (float16 `dtype` only; 3D). `padding`: values at or below it are no
+    data (a CT scanner's padding, `ct_padding`): left out of the percentiles, so they read as 0, the darkest
+    tissue, and the image reads as it would without them."""
     v = np.asarray(volume)
     if not known_finite and v.dtype.kind == "f" and not np.isfinite(v).all():
         finite = np.isfinite(v)
         v = np.where(finite, v, np.nanmin(np.where(finite, v, np.inf)) if finite.any() else 0.0)
     sample = v[:: max(1, v.shape[0] // 64), :: max(1, v.shape[1] // 64), :] if v.ndim == 3 else v
-    lo, hi = np.percentile(sample.astype(np.float32), [low, high])
+    sample = sample.astype(np.float32)
+    if padding is not None and sample.min() <= padding and (sample > padding).any():
+        sample = sample[sample > padding]
+    lo, hi = np.percentile(sample, [low, high])
     if hi - lo < 1e-6:
         return np.zeros(v.shape, dtype, order=_layout(v))
     scale = np.float32(1.0 / (hi - lo))

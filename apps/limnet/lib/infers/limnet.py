@@ -24,7 +24,7 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.engine.denoise import looks_like_ct, noise_level
+from lib.engine.denoise import ct_padding, looks_like_ct, noise_level
 from lib.engine.geometry import ScaledVolume, normalize_intensity
 from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
@@ -124,8 +124,9 @@ def prepare_image(image: MetaTensor) -> CachedImage:
     affine = image.affine if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
     slices = SliceAxis.for_affine(np.asarray(affine))
     volume = slices.volume(volume)  # a view: a volume stored with its thick axis first or second is read across it
-    return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite, lazy=True),
-                       affine, looks_like_ct(volume), slices=slices)
+    hounsfield = looks_like_ct(volume)
+    return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite, lazy=True,
+                                           padding=ct_padding(hounsfield)), affine, hounsfield, slices=slices)
 
 
 def prepare_volume(raw: MetaTensor) -> CachedImage:

@@ -18,7 +18,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.data.robot import run_robot
-from lib.engine.denoise import looks_like_ct
+from lib.engine.denoise import ct_padding, looks_like_ct
 from lib.engine.geometry import normalize_intensity
 from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
@@ -62,7 +62,8 @@ def load_labelled_cases(datalist: list[dict], max_objects: int = 4) -> list[tupl
         slices = SliceAxis.for_spacing(spacing)  # as the server reads it: slices with square pixels
         img, lab = np.ascontiguousarray(slices.volume(img)), np.ascontiguousarray(slices.volume(lab))
         spacing = slices.spacing(spacing)
-        norm, hounsfield = normalize_intensity(img), bool(looks_like_ct(img))
+        hounsfield = bool(looks_like_ct(img))
+        norm = normalize_intensity(img, padding=ct_padding(hounsfield))
         for v in [v for v in np.unique(lab) if v != 0][:max_objects]:
             cases.append((os.path.basename(item["image"]), Case(norm, (lab == v).astype(np.uint8), hounsfield),
                           spacing))
