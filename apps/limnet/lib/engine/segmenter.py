@@ -94,7 +94,7 @@ class LimNetSegmenter:
                  inner_pick: float | None = 3.0, cut_beyond: float | None = 0.05, use_refiner: bool = True,
                  refine_negatives: bool = False, refine_only_new: bool = True,
                  larger_not_around: bool = True, denoise: float | None = 2.0, denoise_above: float = 0.0,
-                 denoise_ct_padding: float | None = 0.009, negative_keep_under: int | None = 0,
+                 denoise_ct_floor: float | None = 0.009, negative_keep_under: int | None = 0,
                  keep_under_clicked: bool = True, wider_adds: int = 3, wider_gain: float = 1.5,
                  wider_alike: bool = True, ranked_first: float | None = None,
                  positive_global: bool = True, mr_memory: bool = True,
@@ -284,7 +284,7 @@ class LimNetSegmenter:
         round's `_smaller_reading`, `_larger_reading`, `_added`) read the volume through an in-plane bilateral
         filter whose intensity range is `denoise` times the noise measured in the image (`lib.engine.denoise`), where
         that noise exceeds `denoise_above` of the image's intensity range (None: never); on a CT (Hounsfield
-        units, `looks_like_ct`) only the noise beyond `denoise_ct_padding` of the range (the filter's range follows
+        units, `looks_like_ct`) only the noise beyond `denoise_ct_floor` of the range (the filter's range follows
         sqrt(noise^2 - floor^2); None: a CT is never filtered). With 1% noise added, first clicks on the brain MR sets
         lost 0.06-0.23 Dice; the filter gives it back (the modules learnt brain MR on noise-free templates). They
         learnt CT on real CTs, whose noise measures 0.011-0.014 of the range: filtering a clean CT whole (the
@@ -336,11 +336,11 @@ class LimNetSegmenter:
         clicks on every set and robot user but the 2 mm nuclei's challenge's robot (-0.001), drops 152 -> 122 of
         1,148 steps; generated, 216 cases, 5 clicks: -0.001 for both users, inside the noise; the real CT, used
         with the MR model too, loses (-0.004 to -0.020), which is why it keeps the first.
-        `ct_air`: a CT given unnormalised is normalised with anything below air read as air (`ct_padding`; the server's
-        image cache does the same), so a scanner's padding outside its reconstruction circle does not stretch the
-        intensity range (design log, 2026-12-07 evening)."""
+        `ct_air`: a CT given unnormalised is normalised with a scanner's padding outside its reconstruction circle
+        (at or below -2000 HU, `ct_padding`) left out of the intensity range, so it reads as the air around the body
+        (the server's image cache does the same; design log, 2026-12-07 evening)."""
         self.ranked_first = ranked_first
-        self.denoise, self.denoise_above, self.denoise_ct_padding = denoise, denoise_above, denoise_ct_padding
+        self.denoise, self.denoise_above, self.denoise_ct_floor = denoise, denoise_above, denoise_ct_floor
         self.positive_union, self.negative_subset = positive_union, negative_subset
         self.slice_one_way, self.extend_slices = slice_one_way, extend_slices
         self.negative_keep_under, self.keep_under_clicked = negative_keep_under, keep_under_clicked
@@ -397,8 +397,8 @@ class LimNetSegmenter:
         image = volume if normalized else normalize_intensity(volume, padding=ct_padding(hounsfield) if self.ct_air else None)
         strength, above, floor = self.denoise, self.denoise_above, 0.0
         if hounsfield:  # a CT: only the noise beyond its floor, or never
-            strength = None if self.denoise_ct_padding is None else strength
-            above, floor = 0.0, self.denoise_ct_padding or 0.0
+            strength = None if self.denoise_ct_floor is None else strength
+            above, floor = 0.0, self.denoise_ct_floor or 0.0
         view = denoised(image, strength, above, noise=noise, floor=floor)
         return InteractionState(image=image, reading_view=None if view is image else view, hounsfield=hounsfield)
 
