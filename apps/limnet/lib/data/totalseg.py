@@ -96,21 +96,21 @@ def training_cases(rng: np.random.Generator, folder: str | None = None):
     """(normalised image, label) training pairs: every organ of the training series, each in any of the three slice
     orientations; about half of those of the 1.5 mm angiogram and its crops of 150 slices or more also as 4.5 mm
     slices (partial volume)."""
-    from lib.engine.denoise import looks_like_ct
-    from lib.engine.geometry import normalize_intensity
+    from lib.engine.denoise import ct_padding
+    from lib.engine.geometry import normalize_as_read, normalize_intensity
     from lib.training.samplers import Case
 
     cases = []
     for raw, masks in _training_volumes(fetch(folder)):
         raw = raw.astype(np.float32)
-        img, ct = normalize_intensity(raw), looks_like_ct(raw)
+        img, ct = normalize_as_read(raw)
         for mask in masks.values():
             axis = int(rng.integers(3))  # slices along the last axis after moving `axis` there
             im, lab = np.moveaxis(img, axis, 2), np.moveaxis(mask, axis, 2)
             cases.append(Case(np.ascontiguousarray(im), np.ascontiguousarray(lab.astype(np.uint8)), ct))
             if raw.shape[2] >= 150 and rng.random() < 0.5:  # the angiogram and its aorta crop: thick slices too
                 ti, tl = thick_slices(raw, mask.astype(np.uint8), 3)
-                cases.append(Case(normalize_intensity(ti), tl, ct))
+                cases.append(Case(normalize_intensity(ti, padding=ct_padding(ct)), tl, ct))
     return cases
 
 

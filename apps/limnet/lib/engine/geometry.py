@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from scipy.ndimage import gaussian_filter, label
 
-from .denoise import DenoisedVolume
+from .denoise import DenoisedVolume, ct_padding, looks_like_ct
 
 try:  # connected-components-3d: 3D labelling ~10x faster than scipy's (a round labels the whole object once)
     import cc3d
@@ -48,6 +48,14 @@ def normalize_intensity(volume: np.ndarray, low: float = 0.01, high: float = 99.
             v.dtype.kind in "iu" and v.dtype.itemsize <= 2)):
         return ScaledVolume(v, np.float32(lo), scale)
     return _scaled_whole(v, np.float32(lo), scale, dtype)
+
+
+def normalize_as_read(volume: np.ndarray, **kwargs) -> tuple[np.ndarray | ScaledVolume, bool]:
+    """(`normalize_intensity` of a volume as read, whether it is a CT): a CT's padding left out of its range
+    (`ct_padding`), as the server's image cache, the trainer and the training CTs read it. `kwargs`: for
+    `normalize_intensity`."""
+    hounsfield = bool(looks_like_ct(volume))
+    return normalize_intensity(volume, padding=ct_padding(hounsfield), **kwargs), hounsfield
 
 
 def _layout(v: np.ndarray) -> str:

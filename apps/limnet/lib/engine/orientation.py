@@ -70,10 +70,6 @@ class SliceAxis:
         """`volume` (or a label) in engine order: a view, no copy."""
         return volume if self.identity else np.transpose(volume, self.axes)
 
-    def shape(self, stored: Sequence[int]) -> tuple[int, ...]:
-        """The engine-order shape of a stored shape."""
-        return tuple(int(stored[i]) for i in self.axes)
-
     def stored_shape(self, engine: Sequence[int]) -> tuple[int, ...]:
         return tuple(int(engine[i]) for i in self.inverse)
 

@@ -24,8 +24,8 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.engine.denoise import ct_padding, looks_like_ct, noise_level
-from lib.engine.geometry import ScaledVolume, normalize_intensity
+from lib.engine.denoise import noise_level
+from lib.engine.geometry import ScaledVolume, normalize_as_read
 from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
 from lib.engine.state import InteractionStore
@@ -124,9 +124,8 @@ def prepare_image(image: MetaTensor) -> CachedImage:
     affine = image.affine if isinstance(image, MetaTensor) else torch.eye(4, dtype=torch.float64)
     slices = SliceAxis.for_affine(np.asarray(affine))
     volume = slices.volume(volume)  # a view: a volume stored with its thick axis first or second is read across it
-    hounsfield = looks_like_ct(volume)
-    return CachedImage(normalize_intensity(volume, dtype=np.float16, known_finite=all_finite, lazy=True,
-                                           padding=ct_padding(hounsfield)), affine, hounsfield, slices=slices)
+    normalized, hounsfield = normalize_as_read(volume, dtype=np.float16, known_finite=all_finite, lazy=True)
+    return CachedImage(normalized, affine, hounsfield, slices=slices)
 
 
 def prepare_volume(raw: MetaTensor) -> CachedImage:

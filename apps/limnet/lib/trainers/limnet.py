@@ -18,8 +18,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.data.robot import run_robot
-from lib.engine.denoise import ct_padding, looks_like_ct
-from lib.engine.geometry import normalize_intensity
+from lib.engine.geometry import normalize_as_read
 from lib.engine.orientation import SliceAxis
 from lib.engine.segmenter import LimNetSegmenter
 from lib.net.bundle import LimNet
@@ -62,8 +61,7 @@ def load_labelled_cases(datalist: list[dict], max_objects: int = 4) -> list[tupl
         slices = SliceAxis.for_spacing(spacing)  # as the server reads it: slices with square pixels
         img, lab = np.ascontiguousarray(slices.volume(img)), np.ascontiguousarray(slices.volume(lab))
         spacing = slices.spacing(spacing)
-        hounsfield = bool(looks_like_ct(img))
-        norm = normalize_intensity(img, padding=ct_padding(hounsfield))
+        norm, hounsfield = normalize_as_read(img)
         for v in [v for v in np.unique(lab) if v != 0][:max_objects]:
             cases.append((os.path.basename(item["image"]), Case(norm, (lab == v).astype(np.uint8), hounsfield),
                           spacing))
