@@ -106,6 +106,9 @@ def main() -> None:
     p.add_argument("--noise-aug", type=float, default=0.0, metavar="SPREAD",
                    help="half the 2D crops of the interaction and refiner stages get Gaussian noise of up to SPREAD "
                         "(of the crop's window), half of it blurred in-plane")
+    p.add_argument("--mirror", type=float, default=0.0, metavar="P",
+                   help="a share P of the interaction, refiner and memory samples mirrored or turned in-plane (one of "
+                        "the eight at random): answers that do not move with a file's in-plane orientation")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where a GPU is present")
     p.add_argument("--workdir", default=os.path.join(ROOT, "runs", "train"))
@@ -155,23 +158,24 @@ def main() -> None:
     if args.stage in ("interaction", "all"):
         train_interaction(net, pool, args.steps_interaction, os.path.join(args.workdir, "interaction.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refine_prob, refine_rounds=args.refine_rounds,
-                          box_scale=box_scale, noise=args.noise_aug)
+                          box_scale=box_scale, noise=args.noise_aug, mirror=args.mirror)
         save()
     if args.stage in ("refiner", "all"):
         net.add_refiner()  # where the weights have none: a copy of the interaction module as trained so far
         train_interaction(net, pool, args.steps_refiner, os.path.join(args.workdir, "refiner.ckpt"), args.seed,
                           lr=args.lr, refine_prob=args.refiner_prob, refine_rounds=args.refiner_rounds,
-                          box_scale=box_scale, refiner=True, noise=args.noise_aug)
+                          box_scale=box_scale, refiner=True, noise=args.noise_aug, mirror=args.mirror)
         save()
     if args.stage in ("memory", "all"):
         train_memory(net, pool, args.steps_memory, os.path.join(args.workdir, "memory.ckpt"), args.seed, lr=args.lr,
-                     length=args.memory_length, past_end=args.memory_past_end, empty_area=args.memory_empty_area)
+                     length=args.memory_length, past_end=args.memory_past_end, empty_area=args.memory_empty_area,
+                     mirror=args.mirror)
         save()
     if args.stage in ("memory_mr", "all"):
         train_memory(net, training_pool(args, rank, mr=True), args.steps_memory_mr,
                      os.path.join(args.workdir, "memory_mr.ckpt"), args.seed, lr=args.lr_memory_mr,
                      length=args.memory_mr_length, past_end=args.memory_past_end, empty_area=args.memory_empty_area,
-                     mr=True)
+                     mr=True, mirror=args.mirror)
         meta = provenance(args, "memory_mr", meta)
         meta["memory_mr"] = (f"seed {args.seed}, {args.steps_memory_mr} steps of {args.memory_mr_length} slices, "
                              f"lr {args.lr_memory_mr}, MNI152 (tissues: {args.mr_tissues or 'none'}) + atlas targets + "

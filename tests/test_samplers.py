@@ -1,5 +1,6 @@
 """Training samples: the interaction stage's boxes cover the scale range asked for; the memory stage's sequences run
-past the object's end as often as asked, and its loss scores a false mask there by its area when asked."""
+past the object's end as often as asked, and its loss scores a false mask there by its area when asked; mirrored
+samples keep their clicks on the pixels they were made on."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from lib.training.samplers import (
     BOX_SCALE,
     BoxScale,
     Case,
+    InPlaneMirror,
     _jittered_box,
     corrupted_masks,
     interaction_batch,
@@ -139,3 +141,43 @@ def test_retraining_fine_tunes_each_memory_model_on_the_volumes_it_propagates():
     net.add_memory_mr()
     assert memory_pools(net, [ct, mr]) == [(False, [ct]), (True, [mr])]
     assert memory_pools(net, [mr]) == [(True, [mr])]
+
+
+def test_each_in_plane_mirror_moves_a_click_with_the_pixel_it_was_made_on():
+    """`InPlaneMirror`: the click's working coordinates follow its pixel through all eight mirrors and turns."""
+    size, (x, y) = 16, (3, 11)
+    crop = torch.zeros(1, size, size)
+    crop[0, x, y] = 1.0
+    seen = set()
+    for fx in (False, True):
+        for fy in (False, True):
+            for sw in (False, True):
+                turn = InPlaneMirror(fx, fy, sw)
+                out = turn.tensor(crop)
+                [(px, py)] = turn.points([(x, y)], size)
+                assert out[0, int(px), int(py)] == 1.0 and float(out.sum()) == 1.0
+                seen.add((int(px), int(py)))
+    assert len(seen) == 8
+
+
+def test_mirrored_training_samples_keep_clicks_on_their_target_and_unmirrored_draws_as_before():
+    """`train.py --mirror`: the clicks of mirrored samples lie on their mirrored target as those of plain ones do
+    (a few positive ones on its resampled edge miss), and the crops are mirrored (an L-shaped target shows up in
+    several orientations); without it the draws are as before."""
+    image = np.random.default_rng(1).random((48, 48, 12)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[10:38, 10:18, 2:10] = 1  # an L: no mirror or turn maps it onto itself
+    label[30:38, 10:34, 2:10] = 1
+    images, targets, clicks = interaction_batch([Case(image, label)], np.random.default_rng(4), 48, 32, mirror=1.0)
+    hits = [(float(t[0, int(round(x)), int(round(y))]) > 0.5) == positive
+            for t, (pos, neg) in zip(targets, clicks)
+            for positive, pts in ((True, pos), (False, neg)) for x, y in pts
+            if 0 <= round(x) < 32 and 0 <= round(y) < 32]  # a negative click may lie outside the box
+    assert len(hits) > 80 and np.mean(hits) > 0.9  # the L covers about a fifth of a crop: misplaced clicks miss
+    corner = targets[:, 0, :16, :16].flatten(1).sum(1) > targets[:, 0, 16:, 16:].flatten(1).sum(1)
+    assert 0 < int(corner.sum()) < len(corner)  # the L's heavy quarter moves between samples
+    plain = interaction_batch([Case(image, label)], np.random.default_rng(2), 16, 32)[0]
+    again = interaction_batch([Case(image, label)], np.random.default_rng(2), 16, 32, mirror=0.0)[0]
+    assert torch.equal(plain, again)
+    frames, masks = sequence_batch([Case(image, label)], np.random.default_rng(5), 16, 32, 4, 0.0, mirror=1.0)
+    assert frames.shape == (16, 4, 3, 32, 32) and masks.shape == (16, 4, 1, 32, 32)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from lib.data.synthetic import generate_case
-from lib.engine.denoise import looks_like_ct
-from lib.engine.geometry import normalize_intensity
+from lib.engine.geometry import normalize_as_read
 
 from .samplers import Case
 
 
 def synthetic_case(rng: np.random.Generator, body_in_air: float = 0.0) -> Case:
+    """A generated case normalised as the server reads it (a CT's padding, if its noise reaches it, left out)."""
     c = generate_case(rng, body_in_air=body_in_air)
-    return Case(normalize_intensity(c.image), c.label, looks_like_ct(c.image))
+    image, hounsfield = normalize_as_read(c.image)
+    return Case(image, c.label, hounsfield)
 
 
 def real_targets(seed: int, mni: bool = True, totalseg: bool = True, atlas: bool = True,

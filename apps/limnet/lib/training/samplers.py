@@ -46,6 +46,41 @@ class BoxScale:
 BOX_SCALE = BoxScale()  # the committed weights' boxes, about as a round's box (1.4-1.5 times the extent) sees it
 
 
+@dataclass(frozen=True)
+class InPlaneMirror:
+    """One of the eight in-plane mirrors and quarter turns of a training crop (first axis reversed, second reversed,
+    then the two swapped): real files come in every in-plane orientation (a DICOM series converts LPS, a NIfTI is
+    often RAS) while the training volumes each keep one, and the modules learnt answers that move with a mirror
+    (design log, 2026-12-07, 20:50 UTC)."""
+
+    flip_x: bool = False
+    flip_y: bool = False
+    swap: bool = False
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, p: float) -> "InPlaneMirror":
+        """With probability `p` a random one of the eight (the identity among them), else the identity."""
+        if p <= 0 or rng.random() >= p:
+            return cls()
+        return cls(*(bool(b) for b in rng.random(3) < 0.5))
+
+    def tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` (... x S x S) mirrored over its last two axes."""
+        if self.flip_x:
+            t = t.flip(-2)
+        if self.flip_y:
+            t = t.flip(-1)
+        return t.transpose(-2, -1).contiguous() if self.swap else t
+
+    def points(self, pts: list[tuple[float, float]], size: int) -> list[tuple[float, float]]:
+        """Working-grid points (pixel centres) of an S x S crop, mirrored as `tensor` mirrors the crop."""
+        out = []
+        for x, y in pts:
+            x, y = (size - 1 - x if self.flip_x else x), (size - 1 - y if self.flip_y else y)
+            out.append((y, x) if self.swap else (x, y))
+        return out
+
+
 def _jittered_box(rng: np.random.Generator, mask2d: np.ndarray, shape: tuple[int, int],
                   scale: BoxScale = BOX_SCALE) -> Box:
     """A training box: the whole slice (a fifth of the time), else a square `scale` times the object, shifted."""
@@ -84,9 +119,10 @@ def noisier(crop: torch.Tensor, rng: np.random.Generator, spread: float) -> torc
 
 
 def interaction_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int,
-                      box_scale: BoxScale = BOX_SCALE, noise: float = 0.0):
+                      box_scale: BoxScale = BOX_SCALE, noise: float = 0.0, mirror: float = 0.0):
     """Inputs (B x 3 x S x S slices), targets (B x 1 x S x S) and the click lists in working coordinates
-    (`box_scale`: see `_jittered_box`; `noise`: half the samples get `noisier` with that spread)."""
+    (`box_scale`: see `_jittered_box`; `noise`: half the samples get `noisier` with that spread; `mirror`: that
+    share of the samples is mirrored in-plane, `InPlaneMirror`)."""
     images, targets, clicks = [], [], []
     for _ in range(batch):
         case = cases[rng.integers(len(cases))]
@@ -96,13 +132,15 @@ def interaction_batch(cases: list[Case], rng: np.random.Generator, batch: int, s
         box = _jittered_box(rng, m, m.shape, box_scale)
         ks3 = neighbour_indices(k, case.image.shape[2])
         crop = crop_slices(case.image, box, ks3, size, box_window(case.image, box, ks3))[0]
-        images.append(noisier(crop, rng, noise) if noise > 0 and rng.random() < 0.5 else crop)
-        targets.append(crop_slices(case.label.astype(np.float32), box, np.array([[k]]), size)[0])
+        crop = noisier(crop, rng, noise) if noise > 0 and rng.random() < 0.5 else crop
+        turn = InPlaneMirror.draw(rng, mirror)
+        images.append(turn.tensor(crop))
+        targets.append(turn.tensor(crop_slices(case.label.astype(np.float32), box, np.array([[k]]), size)[0]))
         pos = [deepest_point(m)] if rng.random() < 0.7 else _random_points(rng, m, 1)
         pos += _random_points(rng, m, int(rng.choice([0, 0, 1, 2, 3])))
         ring = ndi.binary_dilation(m, iterations=int(rng.integers(2, 12))) & ~m
         neg = _random_points(rng, ring if rng.random() < 0.7 else ~m, int(rng.choice([0, 0, 0, 1, 2, 3])))
-        to_w = lambda pts: [box.to_working(x, y, size) for x, y in pts]  # noqa: E731
+        to_w = lambda pts: turn.points([box.to_working(x, y, size) for x, y in pts], size)  # noqa: E731
         clicks.append((to_w(pos), to_w(neg)))
     return torch.stack(images), (torch.stack(targets) > 0.5).float(), clicks
 
@@ -165,11 +203,12 @@ def interaction_inputs(images: torch.Tensor, clicks: list) -> torch.Tensor:
 
 
 def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size: int, length: int,
-                   past_end: float = 0.5):
+                   past_end: float = 0.5, mirror: float = 0.0):
     """Frames (B x T x 3 x S x S) and masks (B x T x 1 x S x S) along the slice axis, either direction.
 
     The box comes from the first slice only, as at inference, so later slices may outgrow it or lose the object.
-    A share `past_end` of the sequences runs past the object's end.
+    A share `past_end` of the sequences runs past the object's end; a share `mirror` is mirrored in-plane, every
+    slice alike (`InPlaneMirror`).
     """
     frames, masks = [], []
     while len(frames) < batch:
@@ -188,8 +227,9 @@ def sequence_batch(cases: list[Case], rng: np.random.Generator, batch: int, size
         idx = k0 + step * np.arange(length)
         box = _jittered_box(rng, case.label[:, :, k0] > 0, case.label.shape[:2])
         window = box_window(case.image, box, neighbour_indices(k0, depth))  # the prompted slice's, as at inference
-        frames.append(crop_slices(case.image, box, neighbour_indices(idx, depth), size, window))
-        masks.append(crop_slices(case.label.astype(np.float32), box, idx[:, None], size))
+        turn = InPlaneMirror.draw(rng, mirror)
+        frames.append(turn.tensor(crop_slices(case.image, box, neighbour_indices(idx, depth), size, window)))
+        masks.append(turn.tensor(crop_slices(case.label.astype(np.float32), box, idx[:, None], size)))
     return torch.stack(frames), (torch.stack(masks) > 0.5).float()
 
 

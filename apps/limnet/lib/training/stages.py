@@ -76,7 +76,8 @@ REFINER_PROB, REFINER_ROUNDS = 0.8, 3  # the refiner's share of batches on a mas
 
 def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 16,
                       lr: float = 2e-3, log_every: int = 25, refine_prob: float = 0.5, refine_rounds: int = 1,
-                      box_scale: BoxScale = BOX_SCALE, refiner: bool = False, noise: float = 0.0) -> None:
+                      box_scale: BoxScale = BOX_SCALE, refiner: bool = False, noise: float = 0.0,
+                      mirror: float = 0.0) -> None:
     """Simulated iterative clicks on single slices: the 2D interaction module (on the module's device), or with
     `refiner` the later rounds' module (`LimNet.add_refiner`).
 
@@ -85,7 +86,7 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
     must take back what the first answer took too much of. A module with a mask input (`add_mask_input`) sees the
     mask each correction was made on; half its correction batches start from a corrupted truth (`corrupted_masks`,
     a propagated mask too large, too small or shifted) with only the corrections as clicks, as a later round's
-    slice is clicked. `noise`: see `interaction_batch`.
+    slice is clicked. `noise`, `mirror`: see `interaction_batch`.
     """
     module = (net.refiner if refiner else net.interaction).train()
     dev = next(module.parameters()).device
@@ -96,7 +97,7 @@ def train_interaction(net: LimNet, cases: CaseSource, steps: int, ckpt: str, see
     for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
-        images, target, clicks = interaction_batch(cases(), rng, batch, WORKING_SIZE, box_scale, noise)
+        images, target, clicks = interaction_batch(cases(), rng, batch, WORKING_SIZE, box_scale, noise, mirror)
         prior = torch.zeros_like(target) if module.takes_mask else None
         if rng.random() < refine_prob:  # simulated correction rounds on the model's own predictions
             rounds = 1 if refine_rounds <= 1 else int(rng.integers(1, refine_rounds + 1))
@@ -160,10 +161,11 @@ def memory_sequence_loss(memory, frames: torch.Tensor, masks: torch.Tensor, firs
 
 def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: int, batch: int = 8,
                  length: int = 4, lr: float = 2e-3, log_every: int = 25, past_end: float = 0.5,
-                 empty_area: float | None = None, mr: bool = False) -> None:
+                 empty_area: float | None = None, mr: bool = False, mirror: float = 0.0) -> None:
     """Slice sequences: the memory model propagates the first slice's mask through the next ones (on the module's
     device). `past_end`: the share of sequences that run past the object's end; `empty_area`: see `seg_loss`; `mr`:
-    train the memory model for volumes not read as a CT (`LimNet.memory_mr`, added as a copy of the first)."""
+    train the memory model for volumes not read as a CT (`LimNet.memory_mr`, added as a copy of the first); `mirror`:
+    see `sequence_batch`."""
     if mr:
         net.add_memory_mr()  # a copy of the first, on its device
     module = (net.memory_mr if mr else net.memory).train()
@@ -175,7 +177,7 @@ def train_memory(net: LimNet, cases: CaseSource, steps: int, ckpt: str, seed: in
     for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, lr)
-        frames, masks = sequence_batch(cases(), rng, batch, WORKING_SIZE, length, past_end)
+        frames, masks = sequence_batch(cases(), rng, batch, WORKING_SIZE, length, past_end, mirror)
         frames, masks = frames.to(dev), masks.to(dev)
         loss = memory_sequence_loss(module, frames, masks, perturb_mask(masks[:, 0], rng), empty_area)
         opt.zero_grad()
