@@ -11,7 +11,8 @@ hold?), Dice after the last click and the drops (steps where Dice falls by more 
     .venv/bin/python scripts/compare_real.py --variant base='{}' --variant wider0='{"wider_adds": 0}'
     .venv/bin/python scripts/compare_real.py --variant base='{}' --variant thr4='{"propagation": {"threshold": 0.4}}' \\
         --sets ctval,brainval --users volume --noise-seeds 0,1,2 --jobs 2
-    .venv/bin/python scripts/compare_real.py --variant base='{}' --variant new='{"weights": "runs/new.pt"}'
+    .venv/bin/python scripts/compare_real.py --variant base='{}' --variant new='{"weights": "runs/new.pt"}' \\
+        --orientations stored,flip_xy
 
 A variant is NAME=JSON, the keyword arguments of `LimNetSegmenter` (a `propagation` dict becomes its
 `PropagationConfig`; a `weights` path runs that setting with that weights file instead of `--weights`); the first is
@@ -48,8 +49,28 @@ def segmenter_kwargs(settings: dict) -> dict:
     return kw
 
 
+# in-plane orientations a set's volumes can be read in (`--orientations`): as stored, an in-plane axis or both
+# reversed (both: a RAS-stored volume as a DICOM series converts, LPS), the two swapped
+ORIENTATIONS = {
+    "stored": lambda a: a,
+    "flip_x": lambda a: a[::-1],
+    "flip_y": lambda a: a[:, ::-1],
+    "flip_xy": lambda a: a[::-1, ::-1],
+    "swap_xy": lambda a: np.swapaxes(a, 0, 1),
+}
+
+
+def oriented(image: np.ndarray, label: np.ndarray, spacing: tuple, orientation: str) -> tuple:
+    """(image, label, spacing) read in another in-plane `orientation` (contiguous copies)."""
+    turn = ORIENTATIONS[orientation]
+    if orientation == "swap_xy":
+        spacing = (spacing[1], spacing[0], *spacing[2:])
+    return np.ascontiguousarray(turn(image)), np.ascontiguousarray(turn(label)), spacing
+
+
 def run_job(job: dict) -> dict:
-    """One setting on one set, one robot user, one noise draw: {case name: Dice after each click}."""
+    """One setting on one set in one orientation, one robot user, one noise draw: {case name: Dice after each
+    click}."""
     import torch
 
     from lib.data.robot import run_robot
@@ -65,12 +86,13 @@ def run_job(job: dict) -> dict:
         if wanted and case.name not in wanted:
             continue
         image = with_noise(case.image, job["noise"], 1000 + i + job["seed"])
+        image, label, spacing = oriented(image, case.label.astype(bool), case.spacing, job["orientation"])
         seg = LimNetSegmenter(net, "cpu", use_fusion=False, **segmenter_kwargs(settings))
         state = seg.new_state(image)
-        run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), case.label.astype(bool), job["rounds"],
-                        case.spacing, user=job["user"])
+        run = run_robot(lambda fg, bg: seg.add_clicks(state, fg, bg), label, job["rounds"], spacing, user=job["user"])
         out[case.name] = [float(d) for d in run.dice]
-    return {**{k: job[k] for k in ("variant", "set", "user", "seed")}, "dice": out}
+    name = job["set"] if job["orientation"] == "stored" else f"{job['set']} ({job['orientation']})"
+    return {**{k: job[k] for k in ("variant", "user", "seed")}, "set": name, "dice": out}
 
 
 def paired(reference: dict[int, dict[str, list]], other: dict[int, dict[str, list]], seed: int = 0) -> dict:
@@ -133,6 +155,8 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.2, help="noise spread, percent of each image's 1-99%% range")
     p.add_argument("--noise-seeds", default="0,50", help="noise draws (case i of a set is seeded 1000 + i + draw)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all of each set)")
+    p.add_argument("--orientations", default="stored",
+                   help=f"in-plane orientations each set is read in, each its own row ({', '.join(ORIENTATIONS)})")
     p.add_argument("--weights", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
     p.add_argument("--jobs", type=int, default=2, help="processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
@@ -149,14 +173,19 @@ def main() -> None:
         raise SystemExit("users are volume and/or slice")
     seeds = [int(s) for s in args.noise_seeds.split(",") if s.strip()]
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    jobs = [dict(variant=v, settings=variants[v], set=s, user=u, seed=seed, noise=args.noise, rounds=args.rounds,
-                 cases=cases, weights=args.weights, threads=args.threads)
-            for s in sets for u in users for seed in seeds for v in variants]
+    orientations = [o.strip() for o in args.orientations.split(",") if o.strip()]
+    if set(orientations) - set(ORIENTATIONS):
+        raise SystemExit(f"unknown orientations {sorted(set(orientations) - set(ORIENTATIONS))}; "
+                         f"known: {list(ORIENTATIONS)}")
+    jobs = [dict(variant=v, settings=variants[v], set=s, orientation=o, user=u, seed=seed, noise=args.noise,
+                 rounds=args.rounds, cases=cases, weights=args.weights, threads=args.threads)
+            for s in sets for o in orientations for u in users for seed in seeds for v in variants]
     start = time.time()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(run_job, jobs))
-    print(f"{len(jobs)} runs ({len(variants)} settings x {len(sets)} sets x {len(users)} users x {len(seeds)} "
-          f"draws of {args.noise:g}% noise), {args.rounds} clicks, {time.time() - start:.0f} s\n")
+    print(f"{len(jobs)} runs ({len(variants)} settings x {len(sets)} sets x {len(orientations)} orientations x "
+          f"{len(users)} users x {len(seeds)} draws of {args.noise:g}% noise), {args.rounds} clicks, "
+          f"{time.time() - start:.0f} s\n")
     print(table(results, list(variants)))
     if args.json:
         with open(args.json, "w") as f:

@@ -202,6 +202,25 @@ def test_compare_real_pairs_settings_draw_by_draw(tmp_path):
     assert bad.returncode == 2 and "NAME=JSON" in bad.stderr
 
 
+def test_compare_real_reads_a_set_in_other_in_plane_orientations():
+    """`compare_real.py --orientations`: image and label are mirrored alike, the slice axis stays, and a swap of the
+    in-plane axes swaps their spacing."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from compare_real import ORIENTATIONS, oriented
+
+    image = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+    label = image == 5  # voxel (0, 2, 1)
+    where = {"stored": (0, 2, 1), "flip_x": (3, 2, 1), "flip_y": (0, 0, 1), "flip_xy": (3, 0, 1), "swap_xy": (2, 0, 1)}
+    for name in ORIENTATIONS:
+        im, lab, spacing = oriented(image, label, (0.5, 0.8, 3.0), name)
+        assert im.flags.c_contiguous and lab.shape == im.shape
+        assert tuple(int(v) for v in np.argwhere(lab)[0]) == where[name] and im[where[name]] == 5
+        assert spacing == ((0.8, 0.5, 3.0) if name == "swap_xy" else (0.5, 0.8, 3.0))
+
+
 def test_probe_interaction_pairs_weights_on_the_same_crops(tmp_path):
     """`scripts/probe_interaction.py`: every weights file sees the same slices and clicks, so a file identical to the
     first differs by exactly 0; another module is seen; Dice stays in [0, 1] and rises as the robot corrects."""
