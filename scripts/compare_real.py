@@ -50,7 +50,7 @@ def segmenter_kwargs(settings: dict) -> dict:
 
 
 # in-plane orientations a set's volumes can be read in (`--orientations`): as stored, an in-plane axis or both
-# reversed (both: a RAS-stored volume as a DICOM series converts, LPS), the two swapped
+# reversed (both: a RAS-stored brain as a DICOM series of it converts, LPS), the two swapped
 ORIENTATIONS = {
     "stored": lambda a: a,
     "flip_x": lambda a: a[::-1],
