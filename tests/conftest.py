@@ -50,6 +50,17 @@ from lib.engine.geometry import crop_slices  # noqa: E402
 from lib.net.bundle import WORKING_SIZE, LimNet  # noqa: E402
 
 
+def cube_volume(seed: int = 0):
+    """A textured CT-like volume with a bright box at a known, asymmetric array position."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(40, 15, (96, 80, 40)).astype(np.float32)
+    box = (slice(14, 34), slice(50, 68), slice(8, 22))
+    img[box] = 300 + rng.normal(0, 15, img[box].shape)
+    truth = np.zeros(img.shape, bool)
+    truth[box] = True
+    return img, truth
+
+
 def weights_path() -> str:
     for name in ("limnet.pt", "pretrained_limnet.pt"):
         p = os.path.join(APP, "model", name)

@@ -19,21 +19,10 @@ import numpy as np
 import orthanc
 import pytest
 import requests
-from conftest import copy_app, orthanc_missing_reason, start_server, stop_server, viewer_index_space
+from conftest import copy_app, cube_volume, orthanc_missing_reason, start_server, stop_server, viewer_index_space
 from relay import Relay
 
 pytestmark = pytest.mark.skipif(orthanc_missing_reason() is not None, reason=str(orthanc_missing_reason()))
-
-
-def cube_volume(seed: int = 0):
-    """A textured CT-like volume with a bright box at a known, asymmetric array position."""
-    rng = np.random.default_rng(seed)
-    img = rng.normal(40, 15, (96, 80, 40)).astype(np.float32)
-    box = (slice(14, 34), slice(50, 68), slice(8, 22))
-    img[box] = 300 + rng.normal(0, 15, img[box].shape)
-    truth = np.zeros(img.shape, bool)
-    truth[box] = True
-    return img, truth
 
 
 @pytest.fixture(scope="module")
