@@ -49,21 +49,27 @@ def segmenter_kwargs(settings: dict) -> dict:
     return kw
 
 
-# in-plane orientations a set's volumes can be read in (`--orientations`): as stored, an in-plane axis or both
-# reversed (both: a RAS-stored brain as a DICOM series of it converts, LPS), the two swapped
+# orientations a set's volumes can be read in (`--orientations`): as stored, an in-plane axis or both reversed (both:
+# a RAS-stored brain as a DICOM series of it converts, LPS), the two swapped, turned a quarter either way, swapped with
+# both reversed (the eight in-plane mirrors and turns), or the slices reversed
 ORIENTATIONS = {
     "stored": lambda a: a,
     "flip_x": lambda a: a[::-1],
     "flip_y": lambda a: a[:, ::-1],
     "flip_xy": lambda a: a[::-1, ::-1],
     "swap_xy": lambda a: np.swapaxes(a, 0, 1),
+    "turn_left": lambda a: np.swapaxes(a, 0, 1)[::-1],
+    "turn_right": lambda a: np.swapaxes(a, 0, 1)[:, ::-1],
+    "swap_flip_xy": lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+    "flip_z": lambda a: a[:, :, ::-1],
 }
+SWAPPING = ("swap_xy", "turn_left", "turn_right", "swap_flip_xy")  # those that swap the in-plane axes
 
 
 def oriented(image: np.ndarray, label: np.ndarray, spacing: tuple, orientation: str) -> tuple:
-    """(image, label, spacing) read in another in-plane `orientation` (contiguous copies)."""
+    """(image, label, spacing) read in another `orientation` (contiguous copies)."""
     turn = ORIENTATIONS[orientation]
-    if orientation == "swap_xy":
+    if orientation in SWAPPING:
         spacing = (spacing[1], spacing[0], *spacing[2:])
     return np.ascontiguousarray(turn(image)), np.ascontiguousarray(turn(label)), spacing
 
@@ -156,7 +162,7 @@ def main() -> None:
     p.add_argument("--noise-seeds", default="0,50", help="noise draws (case i of a set is seeded 1000 + i + draw)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all of each set)")
     p.add_argument("--orientations", default="stored",
-                   help=f"in-plane orientations each set is read in, each its own row ({', '.join(ORIENTATIONS)})")
+                   help=f"orientations each set is read in, each its own row ({', '.join(ORIENTATIONS)})")
     p.add_argument("--weights", default=os.path.join(ROOT, "apps", "limnet", "model", "pretrained_limnet.pt"))
     p.add_argument("--jobs", type=int, default=2, help="processes")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")

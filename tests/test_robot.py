@@ -203,8 +203,8 @@ def test_compare_real_pairs_settings_draw_by_draw(tmp_path):
 
 
 def test_compare_real_reads_a_set_in_other_in_plane_orientations():
-    """`compare_real.py --orientations`: image and label are mirrored alike, the slice axis stays, and a swap of the
-    in-plane axes swaps their spacing."""
+    """`compare_real.py --orientations`: image and label are mirrored alike, the slice axis stays (reversed only by
+    `flip_z`), and a swap of the in-plane axes swaps their spacing."""
     import sys
     from pathlib import Path
 
@@ -213,12 +213,15 @@ def test_compare_real_reads_a_set_in_other_in_plane_orientations():
 
     image = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
     label = image == 5  # voxel (0, 2, 1)
-    where = {"stored": (0, 2, 1), "flip_x": (3, 2, 1), "flip_y": (0, 0, 1), "flip_xy": (3, 0, 1), "swap_xy": (2, 0, 1)}
+    where = {"stored": (0, 2, 1), "flip_x": (3, 2, 1), "flip_y": (0, 0, 1), "flip_xy": (3, 0, 1), "swap_xy": (2, 0, 1),
+             "turn_left": (0, 0, 1), "turn_right": (2, 3, 1), "swap_flip_xy": (0, 3, 1), "flip_z": (0, 2, 0)}
+    assert sorted(where) == sorted(ORIENTATIONS)
     for name in ORIENTATIONS:
         im, lab, spacing = oriented(image, label, (0.5, 0.8, 3.0), name)
         assert im.flags.c_contiguous and lab.shape == im.shape
         assert tuple(int(v) for v in np.argwhere(lab)[0]) == where[name] and im[where[name]] == 5
-        assert spacing == ((0.8, 0.5, 3.0) if name == "swap_xy" else (0.5, 0.8, 3.0))
+        assert spacing == ((0.8, 0.5, 3.0) if name in ("swap_xy", "turn_left", "turn_right", "swap_flip_xy")
+                           else (0.5, 0.8, 3.0))
 
 
 def test_probe_interaction_pairs_weights_on_the_same_crops(tmp_path):
