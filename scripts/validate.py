@@ -43,6 +43,7 @@ VARIANTS = {
     "guarded+window-ext0": dict(box_search="guarded", local_window=True, extend_slices=0),
     "guarded+window-ext1": dict(box_search="guarded", local_window=True, extend_slices=1),
     "guarded+window-mrmem": dict(box_search="guarded", local_window=True, mr_memory=False),
+    "guarded+window-fill": dict(box_search="guarded", local_window=True, fill_step=None),
     "guarded+window+mrf": dict(box_search="guarded", local_window=True, use_fusion=True),
     "guarded+window-geo": dict(box_search="guarded", local_window=True, negative_geodesic=0.0),
     "guarded+window-adds": dict(box_search="guarded", local_window=True, positive_adds=False),

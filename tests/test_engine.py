@@ -1084,14 +1084,33 @@ def test_a_first_click_finds_a_bright_box_however_the_volume_is_stored(net, turn
     """A bright box in a textured CT-like volume (the DICOMweb tests' series), stored in any of the eight in-plane
     mirrors and quarter turns or with its slices reversed (`compare_real.py`'s orientations): one click at its centre
     answers with most of the box and nothing around it. Files come in every orientation. The committed weights take
-    0.99 of it as stored and reversed, 0.91-0.92 swapped, turned right and with the slices reversed, 0.76 turned left;
-    nothing outside it. Interaction modules fine-tuned from them (2026-12-08, not adopted) answered it with a patch in
-    some orientations: with mirrored crops (`train.py --mirror 0.25`) 0.31-0.68 of the box as stored and reversed,
-    without 0.13-0.42 swapped and turned (the search's first box, 1.2 times the box, is read as a patch and trusted
-    for filling it; design log)."""
+    0.99 of it in the eight in-plane orientations and 0.92 with the slices reversed, nothing outside it (0.76 turned
+    left before `fill_step`). Interaction modules fine-tuned from them (2026-12-08, not adopted) answered it with a
+    patch in some orientations: with mirrored crops (`train.py --mirror 0.25`) 0.31-0.68 of the box as stored and
+    reversed, without 0.13-0.42 swapped and turned (the search's first box, 1.2 times the box, is read as a patch and
+    trusted for filling it; design log); with `fill_step`, 0.99 in every orientation."""
     image, truth = (np.ascontiguousarray(ORIENTATIONS[turn](a)) for a in cube_volume())
     click = tuple(int(v) for v in np.argwhere(truth).mean(0).round())
     seg = LimNetSegmenter(net, "cpu", use_fusion=False)
     mask = seg.add_clicks(seg.new_state(image), [click], [])
     found, inside = (mask & truth).sum() / truth.sum(), (mask & truth).sum() / max(int(mask.sum()), 1)
     assert found > 0.7 and inside > 0.95, (turn, found, inside)
+
+
+def test_a_patch_trusted_for_filling_its_box_gives_way_to_the_outlined_object_around_it(net):
+    """The first click's search trusts a reading that fills its box (`_object_reading`); an interaction module
+    fine-tuned from the committed one (as the trainer does on new labels) answered the bright box's first search box
+    with a 10-pixel patch of it, trusted so. With `fill_step` the next box's reading, which holds the patch and
+    follows the box's edge many times better, replaces it; a patch no better outlined than that reading stays."""
+    image, truth = cube_volume()
+    k, click = 14, (24, 58)
+    patch = np.zeros(image.shape[:2], bool)
+    patch[19:29, 53:63] = True  # inside the bright box, around the click: no edge on its outline
+    found = Reading(patch, (19, 28, 53, 62), 24)
+    seg = LimNetSegmenter(net, "cpu", use_fusion=False, fill_step=(10.0, 5.0))
+    readable = seg.new_state(image).readable
+    nxt = list(seg._growing_boxes(readable, k, [click], 24, 1.5))[1]
+    stepped = seg._stepped_up(readable, nxt, k, [click], [], found)
+    assert stepped is not found and dice(stepped.mask, truth[:, :, k]) > 0.9
+    outlined = Reading(truth[:, :, k].copy(), (14, 33, 50, 67), 24)  # the box itself: nothing outlines it better
+    assert seg._stepped_up(readable, nxt, k, [click], [], outlined) is outlined
