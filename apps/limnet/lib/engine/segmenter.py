@@ -1054,14 +1054,15 @@ class LimNetSegmenter:
         on a component. With `with_trust`, (reading, whether it was trusted)."""
         h, w = image.shape[:2]
         previous, fallback = None, None
-        boxes = list(self._growing_boxes(image, k, pos, start, grow))
-        for i, box in enumerate(boxes):
+        boxes = self._growing_boxes(image, k, pos, start, grow)
+        for box in boxes:
             found = self._clicked_component(image, box, k, pos, neg)
             current = None
             if found is not None and not self._cut_by(found.extent, box, (h, w)):
                 if extent_span(found.extent) >= fill * box.size:
-                    if self.fill_step is not None and i + 1 < len(boxes):
-                        found = self._stepped_up(image, boxes[i + 1], k, pos, neg, found)
+                    following = next(boxes, None) if self.fill_step is not None else None  # boxes stay lazy
+                    if following is not None:
+                        found = self._stepped_up(image, following, k, pos, neg, found)
                     return (found, True) if with_trust else found
                 current = fallback = found
             if current is not None and previous is not None:
