@@ -1101,7 +1101,7 @@ def test_a_patch_trusted_for_filling_its_box_gives_way_to_the_outlined_object_ar
     """The first click's search trusts a reading that fills its box (`_object_reading`); an interaction module
     fine-tuned from the committed one (as the trainer does on new labels) answered the bright box's first search box
     with a 10-pixel patch of it, trusted so. With `fill_step` the next box's reading, which holds the patch and
-    follows the box's edge many times better, replaces it; a patch no better outlined than that reading stays."""
+    follows the box's edge many times better, replaces it; the box itself, which nothing outlines better, stays."""
     image, truth = cube_volume()
     k, click = 14, (24, 58)
     patch = np.zeros(image.shape[:2], bool)

@@ -348,8 +348,8 @@ class LimNetSegmenter:
         committed weights, a control fine-tune and a mirrored fine-tune (0.13-0.68 before in four of them; the
         committed weights 0.76 -> 0.99 turned left); the six real validation sets are unchanged click for click
         (stored and both axes reversed, two noise draws). Looser, (2, 2) and (1.5, 3): the 2 mm and 1 mm nuclei lose
-        0.021 and 0.004 (at (2, 2) a reading of a 2 mm pallidum stepped
-        up to one 2.7 times its area: Dice on its slice 0.52 -> 0.30)."""
+        0.021 and 0.004 (at (2, 2) a reading of a 2 mm pallidum stepped up to one 2.7 times its area: Dice on its
+        slice 0.52 -> 0.30)."""
         self.ranked_first = ranked_first
         self.denoise, self.denoise_above, self.denoise_ct_floor = denoise, denoise_above, denoise_ct_floor
         self.positive_union, self.negative_subset = positive_union, negative_subset
